@@ -1,0 +1,1 @@
+"""MuJoCo twin of the iRe-VLA real-world cell (Panda + parallel gripper, table, front and wrist cameras)."""

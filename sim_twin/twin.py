@@ -1,0 +1,195 @@
+"""The MuJoCo twin of the cell: one task scene, an end-effector impedance controller at physics rate, cameras."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import mujoco
+import numpy as np
+
+from sim_twin.controller import ControllerConfig, OperationalSpaceController
+from sim_twin.fixtures import CELL_FIXTURES, FIXTURES
+from sim_twin.geometry import mat_to_quat, yaw_quat
+from sim_twin.scene import OBJECT_PREFIX, ROBOT_PREFIX, SceneSpec, build_model
+from sim_twin.tasks.registry import TaskRegistry, TaskSpec
+
+ARM_JOINTS = tuple(f"joint{i}" for i in range(1, 8))
+# Home: TCP 0.45 m in front of the base, 0.25 m above the table, gripper pointing down.
+HOME_POS = np.array([0.45, 0.0, 0.25])
+HOME_QUAT = np.array([0.0, 1.0, 0.0, 0.0])  # rotation of pi about x: gripper z axis points down
+_SEED_Q = np.array([0.0, 0.2, 0.0, -2.3, 0.0, 2.5, np.pi / 4])
+GRIPPER_OPEN_CTRL, GRIPPER_CLOSED_CTRL = 0.0, 255.0
+
+
+@dataclass(frozen=True)
+class TwinConfig:
+    render_width: int = 224
+    render_height: int = 224
+    cameras: tuple[str, ...] = ("front", "wrist")
+    physics_dt: float = 0.002
+    task_files: tuple[str, ...] = ()
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+
+
+@dataclass
+class TwinState:
+    time: float
+    q: np.ndarray
+    dq: np.ndarray
+    ee_pos: np.ndarray
+    ee_quat: np.ndarray  # wxyz, base frame
+    ee_vel: np.ndarray  # linear (3) + angular (3), base frame
+    gripper_width: float  # metres between the pads
+    gripper_command: float  # 0 open .. 1 closed
+    joint_names: tuple[str, ...] = ARM_JOINTS
+
+
+CAMERA_NAMES = {"front": "front", "wrist": ROBOT_PREFIX + "handcam_rgb"}
+
+
+class Twin:
+    """Owns one MjModel/MjData for the current task. Not thread-safe: callers serialize access."""
+
+    def __init__(self, config: TwinConfig = TwinConfig(), registry: TaskRegistry | None = None):
+        self.config = config
+        self.registry = registry or TaskRegistry.load(config.task_files)
+        self.home_pos, self.home_quat = HOME_POS.copy(), HOME_QUAT.copy()
+        self.task: TaskSpec | None = None
+        self.instruction: str = ""
+        self.episode_seed: int | None = None
+        self._models: dict[str, mujoco.MjModel] = {}
+        self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
+        self._home_q: np.ndarray | None = None
+        self._load(None)
+
+    # ---------------------------------------------------------------- model management
+    def _scene_key(self, task: TaskSpec | None) -> str:
+        return "__empty__" if task is None else task.name
+
+    def _load(self, task: TaskSpec | None) -> None:
+        key = self._scene_key(task)
+        if key not in self._models:
+            from sim_twin.tasks.skills import SKILLS
+            fixtures = list(CELL_FIXTURES)
+            objects = []
+            if task is not None:
+                fixtures += [f for f in SKILLS[task.skill].fixtures if f not in fixtures]
+                objects = [self.registry.objects[n] for n in dict.fromkeys(task.objects + task.distractors)]
+            scene = SceneSpec(objects=objects, fixtures=[FIXTURES[f] for f in fixtures],
+                              render_width=self.config.render_width, render_height=self.config.render_height,
+                              physics_dt=self.config.physics_dt)
+            self._models[key] = build_model(scene)
+        self.model = self._models[key]
+        self.data = mujoco.MjData(self.model)
+        m = self.model
+        self._arm_qadr = np.array([m.jnt_qposadr[m.joint(ROBOT_PREFIX + j).id] for j in ARM_JOINTS])
+        self._arm_dofs = np.array([m.jnt_dofadr[m.joint(ROBOT_PREFIX + j).id] for j in ARM_JOINTS])
+        self._arm_act = np.array([m.actuator(f"{ROBOT_PREFIX}actuator{i}").id for i in range(1, 8)])
+        self._grip_act = m.actuator(ROBOT_PREFIX + "fingers_actuator").id
+        self._tcp = m.site(ROBOT_PREFIX + "pinch").id
+        self._pads = (m.body(ROBOT_PREFIX + "left_pad").id, m.body(ROBOT_PREFIX + "right_pad").id)
+        self.controller = OperationalSpaceController(m, self._tcp, self._arm_dofs, self._arm_act, _SEED_Q,
+                                                     self.config.controller)
+        self._renderers.clear()
+
+    # ---------------------------------------------------------------- episode
+    def reset(self, task: str | TaskSpec | None = None, seed: int | None = None) -> TwinState:
+        from sim_twin.tasks.skills import SKILLS
+        if task is not None:
+            spec = task if isinstance(task, TaskSpec) else self.registry.get(task)
+            if self.task is None or spec.name != self.task.name or self._scene_key(spec) not in self._models:
+                self._load(spec)
+            self.task = spec
+        elif self.task is None:
+            self._load(None)
+        self.episode_seed = seed
+        rng = np.random.default_rng(seed)
+        mujoco.mj_resetData(self.model, self.data)
+        self.data.qpos[self._arm_qadr] = self._home_joint_config()
+        self.controller.q_posture = self.data.qpos[self._arm_qadr].copy()
+        mujoco.mj_forward(self.model, self.data)
+        if self.task is not None:
+            SKILLS[self.task.skill].randomize(self, self.task, rng)
+            phrasings = self.task.phrasings(self.registry)
+            self.instruction = phrasings[int(rng.integers(len(phrasings)))]
+        mujoco.mj_forward(self.model, self.data)
+        self.set_target(self.home_pos, self.home_quat, 0.0)
+        self.advance(0.1)  # let contacts settle
+        return self.state()
+
+    def _home_joint_config(self) -> np.ndarray:
+        """Joint configuration with the TCP at the home pose, found once by running the controller."""
+        if self._home_q is None:
+            d = mujoco.MjData(self.model)
+            d.qpos[self._arm_qadr] = _SEED_Q
+            mujoco.mj_forward(self.model, d)
+            for _ in range(1500):
+                d.ctrl[self._arm_act] = self.controller.torques(d, self.home_pos, self.home_quat)
+                mujoco.mj_step(self.model, d)
+            self._home_q = d.qpos[self._arm_qadr].copy()
+        return self._home_q.copy()
+
+    # ---------------------------------------------------------------- control
+    def set_target(self, pos: np.ndarray, quat: np.ndarray, gripper: float) -> None:
+        self._target_pos = np.asarray(pos, float).copy()
+        q = np.asarray(quat, float)
+        self._target_quat = q / np.linalg.norm(q)
+        self._gripper_cmd = float(np.clip(gripper, 0.0, 1.0))
+
+    @property
+    def target(self) -> tuple[np.ndarray, np.ndarray, float]:
+        return self._target_pos.copy(), self._target_quat.copy(), self._gripper_cmd
+
+    def advance(self, seconds: float) -> None:
+        n = max(1, int(round(seconds / self.model.opt.timestep)))
+        ctrl = self.data.ctrl
+        ctrl[self._grip_act] = GRIPPER_OPEN_CTRL + self._gripper_cmd * (GRIPPER_CLOSED_CTRL - GRIPPER_OPEN_CTRL)
+        for _ in range(n):
+            ctrl[self._arm_act] = self.controller.torques(self.data, self._target_pos, self._target_quat)
+            mujoco.mj_step(self.model, self.data)
+
+    # ---------------------------------------------------------------- observation
+    def state(self) -> TwinState:
+        d = self.data
+        vel = np.zeros(6)
+        mujoco.mj_objectVelocity(self.model, d, mujoco.mjtObj.mjOBJ_SITE, self._tcp, vel, 0)
+        left, right = (d.xpos[i] for i in self._pads)
+        return TwinState(time=float(d.time), q=d.qpos[self._arm_qadr].copy(), dq=d.qvel[self._arm_dofs].copy(),
+                         ee_pos=d.site_xpos[self._tcp].copy(), ee_quat=mat_to_quat(d.site_xmat[self._tcp]),
+                         ee_vel=np.r_[vel[3:], vel[:3]], gripper_width=float(np.linalg.norm(left - right)),
+                         gripper_command=self._gripper_cmd)
+
+    def render(self, camera: str) -> np.ndarray:
+        if camera not in CAMERA_NAMES:
+            raise ValueError(f"unknown camera {camera!r}; the twin has {sorted(CAMERA_NAMES)}")
+        key = (self.config.render_height, self.config.render_width)
+        r = self._renderers.get(key)
+        if r is None:
+            r = self._renderers[key] = mujoco.Renderer(self.model, *key)
+        r.update_scene(self.data, camera=CAMERA_NAMES[camera])
+        return r.render()
+
+    def success(self) -> bool:
+        from sim_twin.tasks.skills import SKILLS
+        return self.task is not None and bool(SKILLS[self.task.skill].success(self, self.task))
+
+    # ---------------------------------------------------------------- helpers for skills
+    def object_pos(self, name: str) -> np.ndarray:
+        return self.data.xpos[self.model.body(OBJECT_PREFIX + name).id].copy()
+
+    def object_quat(self, name: str) -> np.ndarray:
+        return self.data.xquat[self.model.body(OBJECT_PREFIX + name).id].copy()
+
+    def set_object_pose(self, name: str, pos: np.ndarray, yaw: float = 0.0) -> None:
+        j = self.model.joint(OBJECT_PREFIX + name)
+        adr = self.model.jnt_qposadr[j.id]
+        self.data.qpos[adr:adr + 3] = pos
+        self.data.qpos[adr + 3:adr + 7] = yaw_quat(yaw)
+        self.data.qvel[self.model.jnt_dofadr[j.id]:self.model.jnt_dofadr[j.id] + 6] = 0.0
+
+    def body_pos(self, name: str) -> np.ndarray:
+        return self.data.xpos[self.model.body(name).id].copy()
+
+    def close(self) -> None:
+        for r in self._renderers.values():
+            r.close()
+        self._renderers.clear()
