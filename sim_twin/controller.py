@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from sim_twin.geometry import mat_to_quat, quat_error
+from sim_twin.geometry import quat_error
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,8 @@ class ControllerConfig:
 
 
 class OperationalSpaceController:
-    def __init__(self, model: mujoco.MjModel, site_id: int, dof_ids: np.ndarray, actuator_ids: np.ndarray,
-                 q_posture: np.ndarray, config: ControllerConfig = ControllerConfig()):
+    def __init__(self, model: mujoco.MjModel, site_id: int, dof_ids: np.ndarray, qpos_ids: np.ndarray,
+                 actuator_ids: np.ndarray, q_posture: np.ndarray, config: ControllerConfig = ControllerConfig()):
         self.model, self.site_id, self.cfg = model, site_id, config
         self.dof_ids = np.asarray(dof_ids)
         self.actuator_ids = np.asarray(actuator_ids)
@@ -37,36 +37,57 @@ class OperationalSpaceController:
         self._M = np.zeros((model.nv, model.nv))
         lo, hi = model.actuator_ctrlrange[self.actuator_ids].T
         self._tau_lo, self._tau_hi = lo, hi
+        # Arm dofs/qpos are contiguous in the attached model: slices avoid fancy-index copies in the hot loop.
+        self._dofs = _as_slice(self.dof_ids)
+        self._qadr = _as_slice(np.asarray(qpos_ids))
+        d = self._dofs
+        self._mix = (d, d) if isinstance(d, slice) else np.ix_(d, d)
+        self._J = np.zeros((6, len(self.dof_ids)))
+        self._err = np.zeros(6)
+        self._quat = np.zeros(4)
+        kp = np.r_[np.full(3, config.pos_stiffness), np.full(3, config.ori_stiffness)]
+        self._kp, self._kd = kp, 2.0 * config.damping_ratio * np.sqrt(kp)
+        self._damping = 1e-6 * np.eye(6)
 
     def torques(self, data: mujoco.MjData, target_pos: np.ndarray, target_quat: np.ndarray) -> np.ndarray:
-        cfg, d = self.cfg, self.dof_ids
+        cfg, d = self.cfg, self._dofs
         mujoco.mj_jacSite(self.model, data, self._jacp, self._jacr, self.site_id)
-        J = np.vstack([self._jacp[:, d], self._jacr[:, d]])
+        J = self._J
+        J[:3] = self._jacp[:, d]
+        J[3:] = self._jacr[:, d]
         mujoco.mj_fullM(self.model, self._M, data.qM)
-        M = self._M[np.ix_(d, d)]
+        M = self._M[self._mix]
         dq = data.qvel[d]
 
-        pos_err = np.asarray(target_pos) - data.site_xpos[self.site_id]
-        n = np.linalg.norm(pos_err)
+        err = self._err
+        err[:3] = target_pos
+        err[:3] -= data.site_xpos[self.site_id]
+        n = np.linalg.norm(err[:3])
         if n > cfg.max_pos_error:
-            pos_err *= cfg.max_pos_error / n
-        ori_err = quat_error(target_quat, mat_to_quat(data.site_xmat[self.site_id]))
-        n = np.linalg.norm(ori_err)
+            err[:3] *= cfg.max_pos_error / n
+        mujoco.mju_mat2Quat(self._quat, data.site_xmat[self.site_id])
+        err[3:] = quat_error(target_quat, self._quat)
+        n = np.linalg.norm(err[3:])
         if n > cfg.max_ori_error:
-            ori_err *= cfg.max_ori_error / n
+            err[3:] *= cfg.max_ori_error / n
 
-        kp = np.r_[np.full(3, cfg.pos_stiffness), np.full(3, cfg.ori_stiffness)]
-        kd = 2.0 * cfg.damping_ratio * np.sqrt(kp)
-        acc = kp * np.r_[pos_err, ori_err] - kd * (J @ dq)
-
+        acc = self._kp * err - self._kd * (J @ dq)
         M_inv = np.linalg.inv(M)
-        lam = np.linalg.pinv(J @ M_inv @ J.T, rcond=1e-3)
+        JMinv = J @ M_inv
+        # Damped inverse of the task-space inverse inertia: stays bounded near singular configurations.
+        lam = np.linalg.inv(JMinv @ J.T + self._damping)
         tau = J.T @ (lam @ acc)
 
         # Null-space posture task keeps the elbow near its home configuration.
         kpn = cfg.nullspace_stiffness
-        tau_null = M @ (kpn * (self.q_posture - data.qpos[d]) - 2.0 * np.sqrt(kpn) * dq)
-        j_bar = M_inv @ J.T @ lam
-        tau += (np.eye(len(d)) - J.T @ j_bar.T) @ tau_null
+        tau_null = M @ (kpn * (self.q_posture - data.qpos[self._qadr]) - 2.0 * np.sqrt(kpn) * dq)
+        tau += tau_null - J.T @ (lam @ (JMinv @ tau_null))
         tau += data.qfrc_bias[d]  # gravity and Coriolis compensation
         return np.clip(tau, self._tau_lo, self._tau_hi)
+
+
+def _as_slice(idx: np.ndarray):
+    idx = np.asarray(idx)
+    if len(idx) and np.all(np.diff(idx) == 1):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
