@@ -1,0 +1,45 @@
+"""ament_python package definition for irevla.
+
+Works both with ``pip install -e .`` (the project's own venv, see scripts/setup.sh) and with
+``colcon build`` inside a ROS 2 workspace.
+"""
+import os
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = 'irevla'
+version = '0.1.0'  # keep equal to <version> in package.xml (checked by tests/test_packaging.py)
+
+TOP_LEVEL_PACKAGES = ['sim_twin', 'robot_server', 'teleop', 'policy', 'rl_agent']
+
+setup(
+    name=package_name,
+    version=version,
+    packages=find_packages(
+        include=TOP_LEVEL_PACKAGES + [name + '.*' for name in TOP_LEVEL_PACKAGES],
+    ),
+    package_data={
+        'sim_twin': ['tasks/*.yaml'],
+    },
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        (os.path.join('share', package_name), ['package.xml']),
+        (os.path.join('share', package_name, 'launch'), sorted(glob('launch/*.py'))),
+        (os.path.join('share', package_name, 'config'), sorted(glob('config/*.yaml'))),
+    ],
+    python_requires='>=3.10',
+    install_requires=['setuptools'],
+    zip_safe=False,
+    maintainer='irevla maintainers',
+    maintainer_email='irevla@example.com',
+    description='iRe-VLA robot learning service (VLA + online RL on a Franka, MuJoCo twin, ROS 2).',
+    license='Apache-2.0',
+    entry_points={
+        'console_scripts': [
+            'irevla = robot_server.cli:main',
+            'robot_node = robot_server.robot_node:main',
+            'camera_node = robot_server.camera_node:main',
+        ],
+    },
+)
