@@ -40,6 +40,13 @@ setup(
             'irevla = robot_server.cli:main',
             'robot_node = robot_server.robot_node:main',
             'camera_node = robot_server.camera_node:main',
+            'sim_bringup = robot_server.sim_bringup:main',
+            'irevla-dataset = teleop.dataset_cli:main',
+        ],
+        # Subcommands of `irevla` (robot_server/cli.py): each package adds its own here.
+        'irevla.commands': [
+            'demo = robot_server.demo:main',
+            'experts = robot_server.experts_cli:main',
         ],
     },
 )

@@ -1,0 +1,1 @@
+"""Robot backends: everything below the safety layer. Only robot_server code calls them."""

@@ -1,0 +1,129 @@
+"""camera_node: publishes sensor_msgs/Image (rgb8) per camera from a CameraSource.
+
+All capture happens in ONE dedicated thread owned by the node (MuJoCo EGL contexts and camera SDK handles are
+thread-bound); the executor never renders. Publishing from that thread is thread-safe in rclpy.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+import rclpy
+from rclpy.context import Context
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+
+from robot_server import ros_interface as ri
+from robot_server.cameras.base import CameraSource, Frame
+from robot_server.robot_node import stamp_msg
+
+LOG = logging.getLogger("robot_server.camera_node")
+
+
+def frame_to_msg(frame: Frame) -> Image:
+    img = np.ascontiguousarray(frame.image)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"camera {frame.name}: expected HxWx3 uint8, got {img.shape} {img.dtype}")
+    msg = Image()
+    msg.header.stamp = stamp_msg(frame.stamp)
+    msg.header.frame_id = ri.camera_frame(frame.name)
+    msg.height, msg.width = int(img.shape[0]), int(img.shape[1])
+    msg.encoding = "rgb8"
+    msg.is_bigendian = 0
+    msg.step = int(img.shape[1] * 3)
+    msg.data = img.tobytes()
+    return msg
+
+
+class CameraNode(Node):
+    def __init__(self, source: CameraSource, *, context: Optional[Context] = None, node_name: str = "camera_node",
+                 namespace: str = "/irevla", parameter_overrides: Optional[list[Parameter]] = None,
+                 autostart: bool = True):
+        super().__init__(node_name, context=context, namespace=namespace,
+                         parameter_overrides=parameter_overrides or [])
+        self.declare_parameter("rate", 10.0)
+        rate = float(self.get_parameter("rate").value)
+        if not (0.0 < rate <= 120.0):
+            raise ValueError(f"rate must be in (0, 120] Hz, got {rate}")
+        self.period = 1.0 / rate
+        self.source = source
+        self.pubs = {name: self.create_publisher(Image, ri.camera_topic(name), ri.IMAGE_QOS) for name in source.names}
+        self.frames_published = 0
+        self.capture_errors = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        if autostart:
+            self.start()
+        self.get_logger().info(f"camera_node up: cameras={list(source.names)} rate={rate} Hz")
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="camera-capture", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+
+    def _run(self) -> None:
+        try:
+            self.source.open()
+        except Exception as e:  # noqa: BLE001
+            self.get_logger().error(f"camera source failed to open: {e}")
+            return
+        try:
+            next_t = time.monotonic()
+            while not self._stop.is_set() and self.context.ok():
+                for name, pub in self.pubs.items():
+                    try:
+                        pub.publish(frame_to_msg(self.source.read(name)))
+                        self.frames_published += 1
+                    except Exception as e:  # noqa: BLE001 - one bad frame must not end the stream
+                        self.capture_errors += 1
+                        self.get_logger().error(f"camera {name}: {type(e).__name__}: {e}",
+                                                throttle_duration_sec=1.0)
+                next_t += self.period
+                delay = next_t - time.monotonic()
+                if delay < -self.period:  # fell behind (slow render): do not burst to catch up
+                    next_t = time.monotonic()
+                elif delay > 0:
+                    self._stop.wait(delay)
+        finally:
+            try:
+                self.source.close()
+            except Exception as e:  # noqa: BLE001
+                self.get_logger().error(f"camera source close failed: {e}")
+
+    def destroy_node(self) -> None:
+        self.stop()
+        super().destroy_node()
+
+
+def main(args: Optional[list[str]] = None) -> int:
+    """Standalone camera node. The sim cameras render the robot node's twin, so in the sim use `sim_bringup`
+    (robot node + camera node in one process); real camera sources are not in this repo yet."""
+    logging.basicConfig(level=logging.INFO)
+    rclpy.init(args=args)
+    try:
+        node = rclpy.create_node("camera_node", namespace="/irevla",
+                                 automatically_declare_parameters_from_overrides=True)
+        source = node.get_parameter("source").value if node.has_parameter("source") else "sim"
+        node.get_logger().error(
+            f"camera source {source!r}: the sim cameras must share the robot's twin - run `sim_bringup` instead; "
+            "no real camera source is implemented yet")
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

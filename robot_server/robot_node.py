@@ -1,0 +1,218 @@
+"""robot_node: the thin rclpy shell over RobotServerCore (see docs/ros_interface.md for the interface table).
+
+Everything that decides anything lives in server_core.py / safety.py; this file converts messages, runs the loop
+timer, and makes sure no message, however malformed, can raise out of a callback.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.context import Context
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.time import Time
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Float64MultiArray, String
+from std_srvs.srv import SetBool, Trigger
+
+from robot_server import ros_interface as ri
+from robot_server.backends.base import RobotBackend, RobotState
+from robot_server.config import load_safety_config
+from robot_server.server_core import RobotServerCore
+
+LOG = logging.getLogger("robot_server.robot_node")
+
+
+def stamp_msg(seconds: float):
+    """builtin_interfaces/Time from wall-clock seconds since the epoch."""
+    return Time(nanoseconds=int(round(seconds * 1e9))).to_msg()
+
+
+def make_backend(kind: str, task: Optional[str], seed: Optional[int]) -> RobotBackend:
+    if kind == "sim":
+        from robot_server.backends.sim import SimTwinBackend
+        return SimTwinBackend(task=task or None, seed=seed, realtime=True)
+    raise ValueError(f"unknown backend {kind!r} (available: 'sim'; the real Franka backend is not in this repo yet)")
+
+
+class RobotNode(Node):
+    """Publishes robot state, takes actions / target poses, offers the services. Owns no logic of its own."""
+
+    def __init__(self, backend: Optional[RobotBackend] = None, *, context: Optional[Context] = None,
+                 node_name: str = "robot_node", namespace: str = "/irevla",
+                 parameter_overrides: Optional[list[Parameter]] = None):
+        super().__init__(node_name, context=context, namespace=namespace,
+                         parameter_overrides=parameter_overrides or [])
+        self.declare_parameter("backend", "sim")
+        self.declare_parameter("task", "")
+        self.declare_parameter("seed", 0)
+        self.declare_parameter("rate", 50.0)
+        self.declare_parameter("safety_config", "")
+        self.declare_parameter("base_frame", ri.BASE_FRAME)
+        self.declare_parameter("status_rate", 10.0)
+        self.declare_parameter("scene_rate", 10.0)
+        p = {n: self.get_parameter(n).value for n in ("backend", "task", "seed", "rate", "safety_config",
+                                                       "base_frame")}
+        rate = float(p["rate"])
+        if not (0.0 < rate <= 1000.0):
+            raise ValueError(f"rate must be in (0, 1000] Hz, got {rate}")
+        self.owns_backend = backend is None
+        self.backend = backend if backend is not None else make_backend(p["backend"], p["task"], int(p["seed"]))
+        self.base_frame = p["base_frame"]
+        self.core = RobotServerCore(self.backend, safety_config=load_safety_config(p["safety_config"] or None),
+                                    task=p["task"] or None, seed=int(p["seed"]), base_frame=self.base_frame)
+        self._has_success = callable(getattr(self.backend, "success", None))
+        self._has_scene = callable(getattr(self.backend, "scene_json", None))
+        # Status/success and the scene ground truth (sim only: object poses for out-of-process scripted experts)
+        # every n-th tick: they change slowly and cost more than the state messages.
+        self._status_every = self._every(rate, "status_rate")
+        self._scene_every = self._every(rate, "scene_rate")
+        self._tick_count = 0
+        self.callback_errors = 0
+
+        # One mutually exclusive group: commands, services and the loop never run concurrently, so the order of
+        # events is the order of arrival (the core has its own lock as well).
+        group = MutuallyExclusiveCallbackGroup()
+        self.pub_joints = self.create_publisher(JointState, ri.TOPIC_JOINT_STATES, ri.STATE_QOS)
+        self.pub_pose = self.create_publisher(PoseStamped, ri.TOPIC_EE_POSE, ri.STATE_QOS)
+        self.pub_gripper = self.create_publisher(JointState, ri.TOPIC_GRIPPER, ri.STATE_QOS)
+        self.pub_status = self.create_publisher(String, ri.TOPIC_STATUS, ri.LATCHED_QOS)
+        self.pub_success = (self.create_publisher(Bool, ri.TOPIC_SUCCESS, ri.LATCHED_QOS)
+                            if self._has_success else None)
+        self.pub_scene = (self.create_publisher(String, ri.TOPIC_SIM_SCENE, ri.LATCHED_QOS)
+                          if self._has_scene else None)
+        self.create_subscription(Float64MultiArray, ri.TOPIC_ACTION, self._guard(self._on_action), ri.COMMAND_QOS,
+                                 callback_group=group)
+        self.create_subscription(PoseStamped, ri.TOPIC_TARGET_POSE, self._guard(self._on_target), ri.COMMAND_QOS,
+                                 callback_group=group)
+        self.create_service(Trigger, ri.SRV_RESET, self._trigger(self._reset), callback_group=group)
+        self.create_service(Trigger, ri.SRV_RECOVER, self._trigger(self.core.recover), callback_group=group)
+        self.create_service(Trigger, ri.SRV_ESTOP, self._trigger(lambda: self.core.estop("estop service")),
+                            callback_group=group)
+        self.create_service(Trigger, ri.SRV_ESTOP_RESET, self._trigger(self.core.estop_reset), callback_group=group)
+        self.create_service(SetBool, ri.SRV_GRIPPER, self._on_gripper, callback_group=group)
+        self.timer = self.create_timer(1.0 / rate, self._guard(self._on_tick), callback_group=group)
+        self.get_logger().info(f"robot_node up: backend={p['backend']} task={p['task'] or '-'} seed={p['seed']} "
+                               f"rate={rate} Hz")
+
+    def _every(self, rate: float, param: str) -> int:
+        return max(1, int(round(rate / max(1e-3, float(self.get_parameter(param).value)))))
+
+    # ------------------------------------------------------------------ callbacks
+    def _guard(self, fn):
+        """No exception may escape a callback: it would stop the executor and with it the watchdog."""
+        def wrapped(*args):
+            try:
+                fn(*args)
+            except Exception as e:  # noqa: BLE001 - deliberately broad, see docstring
+                self.callback_errors += 1
+                self.get_logger().error(f"{fn.__name__} failed: {type(e).__name__}: {e}",
+                                        throttle_duration_sec=1.0)
+        return wrapped
+
+    def _on_action(self, msg: Float64MultiArray) -> None:
+        # Wrong lengths, NaN, inf, huge values: all rejected (and counted) by the safety layer.
+        self.core.on_action(np.asarray(msg.data, dtype=float), time.monotonic())
+
+    def _on_target(self, msg: PoseStamped) -> None:
+        p, o = msg.pose.position, msg.pose.orientation
+        self.core.on_target_pose([p.x, p.y, p.z], [o.w, o.x, o.y, o.z], time.monotonic(),
+                                 frame_id=msg.header.frame_id)
+
+    def _on_tick(self) -> None:
+        res = self.core.tick(time.monotonic())
+        if res is not None:
+            self._publish_state(res.state)
+        if self._tick_count % self._status_every == 0:
+            self.pub_status.publish(String(data=json.dumps(self.core.status())))
+            if self.pub_success is not None:
+                self.pub_success.publish(Bool(data=bool(self.backend.success())))
+        if self.pub_scene is not None and self._tick_count % self._scene_every == 0:
+            self.pub_scene.publish(String(data=self.backend.scene_json()))
+        self._tick_count += 1
+
+    def _reset(self) -> tuple[bool, str]:
+        ok, message = self.core.reset()
+        if self.pub_scene is not None:  # the new scene at once, before the reset's answer
+            self.pub_scene.publish(String(data=self.backend.scene_json()))
+        return ok, message
+
+    def _publish_state(self, s: RobotState) -> None:
+        stamp = stamp_msg(s.stamp)
+        js = JointState()
+        js.header.stamp = stamp
+        js.header.frame_id = self.base_frame
+        js.name = list(s.joint_names)
+        js.position = [float(v) for v in s.q]
+        js.velocity = [float(v) for v in s.dq]
+        self.pub_joints.publish(js)
+
+        ps = PoseStamped()
+        ps.header.stamp = stamp
+        ps.header.frame_id = self.base_frame
+        ps.pose.position.x, ps.pose.position.y, ps.pose.position.z = (float(v) for v in s.ee_pos)
+        w, x, y, z = (float(v) for v in s.ee_quat)
+        ps.pose.orientation.w, ps.pose.orientation.x, ps.pose.orientation.y, ps.pose.orientation.z = w, x, y, z
+        self.pub_pose.publish(ps)
+
+        g = JointState()
+        g.header.stamp = stamp
+        g.name = [ri.GRIPPER_JOINT]
+        g.position = [float(s.gripper_width)]
+        self.pub_gripper.publish(g)
+
+    def _trigger(self, handler):
+        def cb(request, response):
+            try:
+                response.success, response.message = handler()
+            except Exception as e:  # noqa: BLE001
+                self.callback_errors += 1
+                response.success, response.message = False, f"{type(e).__name__}: {e}"
+            return response
+        return cb
+
+    def _on_gripper(self, request, response):
+        try:
+            response.success, response.message = self.core.set_gripper(bool(request.data))
+        except Exception as e:  # noqa: BLE001
+            self.callback_errors += 1
+            response.success, response.message = False, f"{type(e).__name__}: {e}"
+        return response
+
+    # ------------------------------------------------------------------ teardown
+    def destroy_node(self) -> None:
+        super().destroy_node()
+        # getattr: the constructor may have failed before the backend existed (e.g. a bad parameter).
+        if getattr(self, "owns_backend", False) and getattr(self, "backend", None) is not None:
+            self.backend.close()
+
+
+def main(args: Optional[list[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO)
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = RobotNode()
+        executor = MultiThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Names and QoS of the robot server's ROS 2 interface, importable by clients (teleop, policy, tests).
+
+The table in docs/ros_interface.md documents the same things; keep them in sync.
+
+QoS choice (follows REP 2003): every PUBLISHER is reliable, so that both reliable and best-effort subscribers
+match; subscribers that only want the newest sample (controllers, policies, viewers) should subscribe best-effort
+with depth 1 (`LATEST_QOS`). Command SUBSCRIPTIONS are reliable with depth 1: a command is worthless once a newer one
+exists, and the watchdog, not a queue, covers gaps. Command publishers must therefore be reliable (`COMMAND_QOS`).
+"""
+from __future__ import annotations
+
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+ROBOT_NS = "/irevla/robot"
+CAMERA_NS = "/irevla/camera"
+
+TOPIC_JOINT_STATES = f"{ROBOT_NS}/joint_states"  # sensor_msgs/JointState
+TOPIC_EE_POSE = f"{ROBOT_NS}/ee_pose"  # geometry_msgs/PoseStamped
+TOPIC_GRIPPER = f"{ROBOT_NS}/gripper"  # sensor_msgs/JointState ["gripper_width"]
+TOPIC_STATUS = f"{ROBOT_NS}/status"  # std_msgs/String (JSON)
+TOPIC_SUCCESS = f"{ROBOT_NS}/success"  # std_msgs/Bool (sim only)
+TOPIC_SIM_SCENE = f"{ROBOT_NS}/sim_scene"  # std_msgs/String, JSON of sim_twin.snapshot.SceneSnapshot.capture (sim only)
+TOPIC_ACTION = f"{ROBOT_NS}/action"  # std_msgs/Float64MultiArray (7)
+TOPIC_TARGET_POSE = f"{ROBOT_NS}/target_pose"  # geometry_msgs/PoseStamped
+
+SRV_RESET = f"{ROBOT_NS}/reset"  # std_srvs/Trigger
+SRV_GRIPPER = f"{ROBOT_NS}/gripper"  # std_srvs/SetBool (true = close)
+SRV_RECOVER = f"{ROBOT_NS}/recover"  # std_srvs/Trigger
+SRV_ESTOP = f"{ROBOT_NS}/estop"  # std_srvs/Trigger
+SRV_ESTOP_RESET = f"{ROBOT_NS}/estop_reset"  # std_srvs/Trigger
+
+
+def camera_topic(name: str) -> str:
+    return f"{CAMERA_NS}/{name}/image_raw"
+
+
+def camera_frame(name: str) -> str:
+    return f"{name}_camera_optical_frame"
+
+
+BASE_FRAME = "panda_link0"
+GRIPPER_JOINT = "gripper_width"
+
+# Robot state at the loop rate (50 Hz).
+STATE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.VOLATILE)
+# Status and success: latched, so a late joiner gets the last value at once.
+LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Images (about 150 kB each): keep few.
+IMAGE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2, reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.VOLATILE)
+# Commands, on both sides.
+COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE)
+# Recommended for subscribers that only need the newest sample.
+LATEST_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
+                        durability=DurabilityPolicy.VOLATILE)
