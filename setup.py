@@ -25,7 +25,7 @@ setup(
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         (os.path.join('share', package_name), ['package.xml']),
-        (os.path.join('share', package_name, 'launch'), sorted(glob('launch/*.py'))),
+        (os.path.join('share', package_name, 'launch'), sorted(glob('launch/*.py') + glob('launch/*.yaml'))),
         (os.path.join('share', package_name, 'config'), sorted(glob('config/*.yaml'))),
     ],
     python_requires='>=3.10',
@@ -47,6 +47,7 @@ setup(
         'irevla.commands': [
             'demo = robot_server.demo:main',
             'experts = robot_server.experts_cli:main',
+            'launch = robot_server.launch_graph:main',
         ],
     },
 )
