@@ -118,6 +118,9 @@ class Twin:
         mujoco.mj_forward(self.model, self.data)
         if self.task is not None:
             SKILLS[self.task.skill].randomize(self, self.task, rng)
+            # Fixture poses may have changed in the model: no warm start from the previous episode's solution,
+            # so a seed gives the same episode whatever ran before.
+            self.data.qacc_warmstart[:] = 0.0
             phrasings = self.task.phrasings(self.registry)
             self.instruction = phrasings[int(rng.integers(len(phrasings)))]
         mujoco.mj_forward(self.model, self.data)

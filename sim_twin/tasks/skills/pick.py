@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sim_twin.fixtures import jitter_fixtures
 from sim_twin.tasks.skill import Skill, Waypoint, WaypointExpert, grasp_yaw
 
 LIFT_HEIGHT = 0.06  # success: the object is this far above its resting height and held between the fingers
@@ -10,6 +11,10 @@ LIFT_HEIGHT = 0.06  # success: the object is this far above its resting height a
 
 class PickSkill(Skill):
     name = "pick"
+
+    def randomize(self, twin, task, rng) -> None:
+        jitter_fixtures(twin.model, rng)  # the whole cell varies a little every episode, as in the other skills
+        super().randomize(twin, task, rng)
 
     def success(self, twin, task) -> bool:
         name = task.objects[0]
