@@ -1,0 +1,122 @@
+"""irevla-dataset: inspect and check recorded episode datasets.
+
+    irevla-dataset validate DIR [--jobs N]         exit 1 if any problem (schema, counts, stamps, NaN, images, index)
+    irevla-dataset stats DIR [-o stats.json] [--include-failed]
+    irevla-dataset view DIR EPISODE -o out.mp4     EPISODE: number (42), name (episode_000042) or a file path
+    irevla-dataset reindex DIR                     reconcile index.jsonl with the files (files are the truth)
+    irevla-dataset cache DIR [--cache-dir D]       decode every episode once into the training cache
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+
+def _fmt(v) -> str:
+    return "[" + " ".join(f"{x:+.3f}" for x in v) + "]"
+
+
+def cmd_validate(args) -> int:
+    from teleop.dataset import validate_dataset
+    t0 = time.monotonic()
+    rep = validate_dataset(args.dir, jobs=args.jobs)
+    print(rep.summary())
+    print(f"({time.monotonic() - t0:.1f} s)")
+    return 0 if rep.ok else 1
+
+
+def cmd_stats(args) -> int:
+    from teleop.dataset import compute_stats
+    stats = compute_stats(args.dir, include_failed=args.include_failed)
+    out = Path(args.output) if args.output else Path(args.dir) / "stats.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(stats, indent=1))
+    print(f"{stats['episodes']} episodes, {stats['steps']} steps "
+          f"({'all' if args.include_failed else 'successful only'})")
+    for task, c in stats["per_task"].items():
+        ln = c["length"]
+        print(f"  {task:30s} success {c['success']:5d}  failure {c['failure']:4d}"
+              + (f"  length mean {ln['mean']:.1f} [{ln['min']}, {ln['max']}]" if ln else ""))
+    if stats["action"].get("count"):
+        a = stats["action"]
+        print(f"action min  {_fmt(a['min'])}\naction max  {_fmt(a['max'])}\naction mean {_fmt(a['mean'])}\n"
+              f"action std  {_fmt(a['std'])}")
+    print(f"normalization statistics written to {out}")
+    return 0
+
+
+def cmd_view(args) -> int:
+    from teleop.dataset import render_video, resolve_episode
+    path = resolve_episode(args.dir, args.episode)
+    n = render_video(path, args.output, scale=args.scale)
+    print(f"{path.name}: {n} frames -> {args.output}")
+    return 0
+
+
+def cmd_reindex(args) -> int:
+    from teleop import storage
+    root = Path(args.dir)
+    lock = storage.DirectoryLock(root)
+    lock.acquire()
+    try:
+        entries, rep = storage.reconcile(root)
+    finally:
+        lock.release()
+    print(f"{root}: {len(entries)} episodes; {rep.summary()}")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from teleop.dataset import EpisodeDataset
+    t0 = time.monotonic()
+    ds = EpisodeDataset(args.dir, cache_dir=args.cache_dir, include_failed=args.include_failed)
+    print(f"{ds.num_episodes} episodes, {len(ds)} steps cached in {ds.cache_dir} "
+          f"({ds.decoded} decoded now, {time.monotonic() - t0:.1f} s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="irevla-dataset", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("validate", help="check every episode and the index; exit 1 on problems")
+    s.add_argument("dir")
+    s.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    s.set_defaults(func=cmd_validate)
+    s = sub.add_parser("stats", help="per-task counts, lengths, normalization statistics (JSON)")
+    s.add_argument("dir")
+    s.add_argument("-o", "--output", help="JSON file (default DIR/stats.json)")
+    s.add_argument("--include-failed", action="store_true", help="also use failed episodes")
+    s.set_defaults(func=cmd_stats)
+    s = sub.add_parser("view", help="render an episode to a video (cameras side by side, actions overlaid)")
+    s.add_argument("dir")
+    s.add_argument("episode", help="number, name (episode_000042) or path")
+    s.add_argument("-o", "--output", required=True, help="output video, e.g. out.mp4")
+    s.add_argument("--scale", type=int, default=2, help="image upscaling factor")
+    s.set_defaults(func=cmd_view)
+    s = sub.add_parser("reindex", help="rebuild index.jsonl from the episode files if they disagree")
+    s.add_argument("dir")
+    s.set_defaults(func=cmd_reindex)
+    s = sub.add_parser("cache", help="build the decoded training cache")
+    s.add_argument("dir")
+    s.add_argument("--cache-dir")
+    s.add_argument("--include-failed", action="store_true")
+    s.set_defaults(func=cmd_cache)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
+        print(f"irevla-dataset {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
