@@ -42,12 +42,15 @@ setup(
             'camera_node = robot_server.camera_node:main',
             'sim_bringup = robot_server.sim_bringup:main',
             'irevla-dataset = teleop.dataset_cli:main',
+            'teleop_node = teleop.teleop_node:main',
+            'recorder_node = teleop.recorder_node:main',
         ],
         # Subcommands of `irevla` (robot_server/cli.py): each package adds its own here.
         'irevla.commands': [
             'demo = robot_server.demo:main',
             'experts = robot_server.experts_cli:main',
             'launch = robot_server.launch_graph:main',
+            'collect = teleop.collect:main',
         ],
     },
 )

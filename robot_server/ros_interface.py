@@ -56,3 +56,12 @@ COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=R
 # Recommended for subscribers that only need the newest sample.
 LATEST_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
                         durability=DurabilityPolicy.VOLATILE)
+
+# Teleop collection (teleop/recorder_node.py, teleop/teleop_node.py).
+RECORDER_NS = "/irevla/recorder"
+SRV_RECORDER_START = f"{RECORDER_NS}/start"  # std_srvs/Trigger: start an episode (task etc. from its parameters)
+SRV_RECORDER_SUCCESS = f"{RECORDER_NS}/stop_success"  # std_srvs/Trigger
+SRV_RECORDER_FAILURE = f"{RECORDER_NS}/stop_failure"  # std_srvs/Trigger
+SRV_RECORDER_DISCARD = f"{RECORDER_NS}/discard"  # std_srvs/Trigger
+SRV_RECORDER_QUIT = f"{RECORDER_NS}/quit"  # std_srvs/Trigger: discard any episode in progress, exit
+TOPIC_RECORDER_PROGRESS = f"{RECORDER_NS}/progress"  # std_msgs/String (JSON), latched (LATCHED_QOS)

@@ -1,0 +1,190 @@
+"""`irevla collect`: headless scripted collection with the twin's experts, in parallel processes.
+
+    irevla collect --out data/scripted --episodes-per-task 50 [--tasks pick_red_block press_button] [--workers 2]
+
+Each worker process runs robot_server.gym_env.TwinEnv (the robot server's safety layer, stepped in simulated
+time) and its privileged scripted expert (`expert_action`) for one episode at a time and returns the steps:
+the observation's images, the twin's state, the executed action. The parent process alone writes them with
+EpisodeRecorder (one recorder per directory), in the same format as teleop episodes; success is the twin's
+predicate. Only successful episodes are recorded unless --keep-failures; failed seeds are retried (up to
+--max-attempts per wanted episode). Step stamps are synthetic: the episode's wall start + step / 10 Hz.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from typing import Optional
+
+import numpy as np
+
+CATEGORY = "scripted"
+_ENVS: dict = {}  # per worker process: (task, cameras, size) -> TwinEnv
+
+
+def _state(twin) -> dict:
+    s = twin.state()
+    return {"q": np.array(s.q), "dq": np.array(s.dq), "ee_pos": np.array(s.ee_pos), "ee_quat": np.array(s.ee_quat),
+            "gripper_width": float(s.gripper_width)}
+
+
+def run_episode(task: str, seed: int, cameras: tuple[str, ...], size: int, noise: float, keep_failures: bool):
+    """One expert episode in this (worker) process. Steps are returned only if they will be recorded."""
+    from robot_server.gym_env import TwinEnv
+    key = (task, cameras, size)
+    env = _ENVS.get(key)
+    if env is None:
+        env = _ENVS[key] = TwinEnv(task=task, cameras=cameras, image_size=size)
+    t0 = time.perf_counter()
+    obs, info = env.reset(seed=seed)
+    instruction, category = info["instruction"], info.get("category", "")
+    steps, success, done = [], False, False
+    while not done:
+        state = _state(env.twin)
+        action = np.asarray(env.expert_action(noise), np.float64)
+        steps.append((obs["images"], state, action))
+        obs, _, success, truncated, info = env.step(action)
+        done = bool(success or truncated)
+    return {"task": task, "seed": seed, "instruction": instruction, "task_category": category,
+            "success": bool(success), "n_steps": len(steps), "sim_s": time.perf_counter() - t0,
+            "steps": steps if (success or keep_failures) else None}
+
+
+def all_tasks() -> list[str]:
+    from sim_twin.tasks.registry import TaskRegistry
+    return list(TaskRegistry.load().tasks)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="irevla collect", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="dataset directory (created; appended to if it exists)")
+    ap.add_argument("--episodes-per-task", type=int, required=True, help="episodes wanted per task")
+    ap.add_argument("--tasks", nargs="+", default=None, help="task names (default: every task in the registry)")
+    ap.add_argument("--workers", type=int, default=2, help="simulation processes (default 2)")
+    ap.add_argument("--keep-failures", action="store_true", help="also record failed episodes (as failures)")
+    ap.add_argument("--max-attempts", type=float, default=3.0,
+                    help="give up on a task after this many attempts per wanted episode (default 3)")
+    ap.add_argument("--seed", type=int, default=0, help="first scene seed (task k, attempt i: seed + 100000 k + i)")
+    ap.add_argument("--cameras", nargs="+", default=["front", "wrist"])
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--noise", type=float, default=0.0, help="expert action noise (default 0)")
+    ap.add_argument("--operator", default="scripted_expert")
+    ap.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    args = ap.parse_args(argv)
+    if args.episodes_per_task < 1 or args.workers < 1:
+        ap.error("--episodes-per-task and --workers must be >= 1")
+
+    from teleop.episode_format import CameraConfig
+    from teleop.recorder import EpisodeRecorder, RecorderConfig, RecorderError
+
+    tasks = args.tasks or all_tasks()
+    known = set(all_tasks())
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        print(f"irevla collect: unknown task(s) {unknown}; known: {sorted(known)}", file=sys.stderr)
+        return 2
+    cameras = tuple(args.cameras)
+    cfg = RecorderConfig(root=args.out, cameras=tuple(CameraConfig(c, width=args.image_size,
+                                                                   height=args.image_size) for c in cameras),
+                         target_episodes=args.episodes_per_task * len(tasks),
+                         task_targets={t: args.episodes_per_task for t in tasks},
+                         robot={"backend": "sim_twin", "collector": "irevla collect"})
+    try:
+        rec = EpisodeRecorder(cfg)
+    except (RecorderError, OSError, ValueError) as e:
+        print(f"irevla collect: cannot open {args.out}: {e}", file=sys.stderr)
+        return 2
+
+    wanted = {t: args.episodes_per_task for t in tasks}
+    got = {t: 0 for t in tasks}
+    attempts = {t: 0 for t in tasks}
+    in_flight = {t: 0 for t in tasks}
+    max_attempts = {t: int(np.ceil(args.max_attempts * wanted[t])) for t in tasks}
+    failures: dict[str, int] = {t: 0 for t in tasks}
+    total = sum(wanted.values())
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, unit="ep", desc="collect", dynamic_ncols=True)
+    t_start = time.perf_counter()
+    bytes_written = 0
+    recorded = 0
+
+    def next_job():
+        for k, t in enumerate(tasks):
+            if got[t] + in_flight[t] < wanted[t] and attempts[t] < max_attempts[t]:
+                seed = args.seed + 100000 * k + attempts[t]
+                attempts[t] += 1
+                in_flight[t] += 1
+                return t, seed
+        return None
+
+    ctx = get_context("spawn")  # MuJoCo/EGL contexts do not survive fork
+    try:
+        with ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx) as pool:
+            pending = set()
+
+            def fill():
+                while len(pending) < args.workers:
+                    job = next_job()
+                    if job is None:
+                        return
+                    pending.add(pool.submit(run_episode, job[0], job[1], cameras, args.image_size, args.noise,
+                                            args.keep_failures))
+
+            fill()
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    pending.discard(fut)
+                    r = fut.result()
+                    t = r["task"]
+                    in_flight[t] -= 1
+                    if r["success"]:
+                        got[t] += 1
+                    else:
+                        failures[t] += 1
+                    if r["steps"] is not None:
+                        rec.start(task=t, category=CATEGORY, instruction=r["instruction"], operator=args.operator,
+                                  extra={"seed": r["seed"], "task_category": r["task_category"],
+                                         "expert_noise": args.noise})
+                        t0_ns = time.time_ns()
+                        for i, (images, state, action) in enumerate(r["steps"]):
+                            rec.add_step(images, state, action, t0_ns + i * 100_000_000)
+                        entry = rec.stop(success=r["success"])
+                        recorded += 1
+                        bytes_written += int(entry.get("bytes", 0))
+                    if bar is not None:
+                        if r["success"]:
+                            bar.update(1)
+                        bar.set_postfix_str(", ".join(f"{x} {got[x]}/{wanted[x]}" for x in tasks)[-80:])
+                fill()
+    except KeyboardInterrupt:
+        print("irevla collect: interrupted; the episode in progress is discarded, finished ones are kept",
+              file=sys.stderr)
+        rec.close()
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+    prog = rec.close()
+    wall = time.perf_counter() - t_start
+    n_ok = sum(got.values())
+    print(f"collected {n_ok}/{total} successful episodes ({sum(failures.values())} failed attempts) in "
+          f"{wall:.1f} s with {args.workers} worker(s): {60.0 * n_ok / max(wall, 1e-9):.2f} episodes/minute")
+    if recorded:
+        print(f"{recorded} episode file(s), {bytes_written / recorded / 1e6:.2f} MB per episode on average")
+    print(f"dataset {args.out}: {prog}")
+    short = [t for t in tasks if got[t] < wanted[t]]
+    if short:
+        print(f"irevla collect: gave up on {short} after {[attempts[t] for t in short]} attempts "
+              f"(--max-attempts {args.max_attempts:g})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

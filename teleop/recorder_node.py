@@ -1,0 +1,273 @@
+"""recorder_node: the ROS 2 shell over teleop.recorder.EpisodeRecorder (issue #3, teleop collection).
+
+Subscribes to the camera topics, the robot state (ee_pose, joint_states, gripper) and the robot's action topic
+(the command the robot executes) and, on a 10 Hz timer, records one step with the NEWEST sample of each while an
+episode is in progress. A camera with no frame yet (topic missing) or no new frame for more than `stale_s`
+(stalled), or missing/stalled state or action, skips that step: the reason is logged (throttled) and counted,
+nothing already recorded is touched.
+
+Services (std_srvs/Trigger, robot_server.ros_interface.SRV_RECORDER_*): start (task / instruction / category /
+operator from this node's parameters: change them with `ros2 param set /irevla/recorder_node task ...`),
+stop_success, stop_failure, discard, quit. Progress (std_msgs/String JSON) is published latched on
+/irevla/recorder/progress after every change and once a second, and logged after every episode.
+
+    recorder_node --ros-args -p out_dir:=data/expert -p task:=pick_red_block -p instruction:="pick up the red block"
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Optional
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.context import Context
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import Trigger
+
+from robot_server import ros_interface as ri
+from robot_server.client import image_to_array
+from teleop.episode_format import CameraConfig
+from teleop.recorder import EpisodeRecorder, RecorderConfig, RecorderError
+
+LOG_THROTTLE_S = 1.0
+
+
+class _Latest:
+    """Newest sample of one stream with its receive time (monotonic) and a count."""
+    __slots__ = ("value", "t", "count")
+
+    def __init__(self):
+        self.value, self.t, self.count = None, None, 0
+
+    def put(self, value) -> None:
+        self.value, self.t, self.count = value, time.monotonic(), self.count + 1
+
+
+class RecorderNode(Node):
+    def __init__(self, context: Optional[Context] = None, node_name: str = "recorder_node",
+                 namespace: str = "/irevla", parameter_overrides: Optional[list[Parameter]] = None,
+                 recorder: Optional[EpisodeRecorder] = None):
+        super().__init__(node_name, context=context, namespace=namespace,
+                         parameter_overrides=parameter_overrides)
+        self.declare_parameter("out_dir", "data/expert")
+        self.declare_parameter("config", "")  # optional YAML with a `recorder:` section (teleop/example_config.yaml)
+        self.declare_parameter("cameras", ["front", "wrist"])
+        self.declare_parameter("image_width", 224)
+        self.declare_parameter("image_height", 224)
+        self.declare_parameter("rate", 10.0)
+        self.declare_parameter("stale_s", 0.5)
+        self.declare_parameter("task", "")
+        self.declare_parameter("instruction", "")
+        self.declare_parameter("category", "teleop")
+        self.declare_parameter("operator", "")
+        self.declare_parameter("target_episodes", 0)  # 0: the config's target
+        p = lambda n: self.get_parameter(n).value  # noqa: E731
+
+        if recorder is None:
+            cfg = RecorderConfig.from_yaml(p("config")) if p("config") else RecorderConfig()
+            names = [str(n) for n in p("cameras") if str(n)]
+            known = {c.name: c for c in cfg.cameras}
+            cams = tuple(known.get(n) or CameraConfig(n, width=int(p("image_width")), height=int(p("image_height")))
+                         for n in names)
+            over = {"root": str(p("out_dir")), "cameras": cams, "control_hz": float(p("rate"))}
+            if int(p("target_episodes")) > 0:
+                over["target_episodes"] = int(p("target_episodes"))
+            from dataclasses import replace
+            recorder = EpisodeRecorder(replace(cfg, **over))
+        self.recorder = recorder
+        self.cameras = tuple(c.name for c in recorder.config.cameras)
+        self.stale_s = float(p("stale_s"))
+        self.skipped: Counter = Counter()  # reason -> steps skipped (all episodes of this session)
+        self.skipped_in_episode = 0
+        self.recorded_in_session = 0
+        self._log_t: dict[str, float] = {}
+        self._stamp_ns = 0
+        self._lock = threading.Lock()
+        self._quit = threading.Event()
+
+        self._images = {c: _Latest() for c in self.cameras}
+        self._pose, self._joints, self._gripper, self._action = _Latest(), _Latest(), _Latest(), _Latest()
+        for cam in self.cameras:
+            self.create_subscription(Image, ri.camera_topic(cam), lambda m, c=cam: self._images[c].put(m),
+                                     ri.LATEST_QOS)
+        self.create_subscription(PoseStamped, ri.TOPIC_EE_POSE, self._pose.put, ri.LATEST_QOS)
+        self.create_subscription(JointState, ri.TOPIC_JOINT_STATES, self._joints.put, ri.LATEST_QOS)
+        self.create_subscription(JointState, ri.TOPIC_GRIPPER, self._gripper.put, ri.LATEST_QOS)
+        self.create_subscription(Float64MultiArray, ri.TOPIC_ACTION, self._action.put, ri.LATEST_QOS)
+        self.pub_progress = self.create_publisher(String, ri.TOPIC_RECORDER_PROGRESS, ri.LATCHED_QOS)
+        # Timer and services in one exclusive group: an episode never stops in the middle of a step.
+        group = MutuallyExclusiveCallbackGroup()
+        for srv, cb in ((ri.SRV_RECORDER_START, self._srv_start),
+                        (ri.SRV_RECORDER_SUCCESS, lambda req, res: self._srv_stop(res, True)),
+                        (ri.SRV_RECORDER_FAILURE, lambda req, res: self._srv_stop(res, False)),
+                        (ri.SRV_RECORDER_DISCARD, self._srv_discard),
+                        (ri.SRV_RECORDER_QUIT, self._srv_quit)):
+            self.create_service(Trigger, srv, cb, callback_group=group)
+        self.create_timer(1.0 / float(p("rate")), self._tick, callback_group=group)
+        self.create_timer(1.0, self.publish_progress, callback_group=group)
+        self.publish_progress()
+        self.get_logger().info(f"recording into {recorder.root} (cameras {list(self.cameras)}); "
+                               f"{recorder.progress()}")
+
+    # ------------------------------------------------------------------------------------ progress
+    def progress_dict(self) -> dict:
+        pr = self.recorder.progress()
+        return {"done": pr.done, "target": pr.target, "failed": pr.failed, "per_task": pr.per_task,
+                "seconds_per_episode": pr.mean_episode_s, "seconds_per_cycle": pr.mean_cycle_s, "eta_s": pr.eta_s,
+                "recording": pr.recording, "steps_in_progress": pr.steps_in_progress,
+                "skipped_steps": dict(self.skipped), "skipped_in_episode": self.skipped_in_episode,
+                "last_error": pr.last_error, "text": str(pr)}
+
+    def publish_progress(self) -> None:
+        if self.recorder.state == EpisodeRecorder.CLOSED:
+            return
+        self.pub_progress.publish(String(data=json.dumps(self.progress_dict())))
+
+    # ------------------------------------------------------------------------------------ recording
+    def _skip(self, reason: str, detail: str) -> None:
+        self.skipped[reason] += 1
+        self.skipped_in_episode += 1
+        now = time.monotonic()
+        if now - self._log_t.get(reason, -1e9) >= LOG_THROTTLE_S:
+            self._log_t[reason] = now
+            self.get_logger().error(f"step skipped ({self.skipped[reason]} so far: {reason}): {detail}")
+
+    def _fresh(self, latest: _Latest, now: float) -> Optional[str]:
+        if latest.value is None:
+            return "never received"
+        age = now - latest.t
+        return f"no new message for {age:.2f} s (> {self.stale_s:g} s)" if age > self.stale_s else None
+
+    def _tick(self) -> None:
+        if not self.recorder.recording:
+            return
+        now = time.monotonic()
+        images = {}
+        for cam in self.cameras:
+            lt = self._images[cam]
+            problem = self._fresh(lt, now)
+            if problem:
+                topic = ri.camera_topic(cam)
+                pubs = self.count_publishers(topic)
+                why = ("camera topic missing" if lt.value is None else "camera stalled")
+                return self._skip(f"{why}: {cam}", f"camera {cam!r} on {topic}: {problem} "
+                                  f"({pubs} publisher(s) on that topic)")
+            try:
+                images[cam] = image_to_array(lt.value)
+            except ValueError as e:
+                return self._skip(f"bad image: {cam}", f"camera {cam!r}: {e}")
+        for name, lt, topic in (("ee_pose", self._pose, ri.TOPIC_EE_POSE),
+                                ("joint_states", self._joints, ri.TOPIC_JOINT_STATES),
+                                ("gripper", self._gripper, ri.TOPIC_GRIPPER),
+                                ("action", self._action, ri.TOPIC_ACTION)):
+            problem = self._fresh(lt, now)
+            if problem:
+                return self._skip(f"{name} missing or stalled", f"{topic}: {problem}")
+        pose, js, g, act = self._pose.value, self._joints.value, self._gripper.value, self._action.value
+        pp, o = pose.pose.position, pose.pose.orientation
+        state = {"q": list(js.position), "dq": list(js.velocity) or None, "joint_names": list(js.name) or None,
+                 "ee_pos": [pp.x, pp.y, pp.z], "ee_quat": [o.w, o.x, o.y, o.z],
+                 "gripper_width": g.position[0] if len(g.position) else None}
+        stamp_ns = max(time.time_ns(), self._stamp_ns + 1)
+        try:
+            self.recorder.add_step(images, state, np.asarray(act.data, float), stamp_ns)
+        except RecorderError as e:  # bad input: this step only; disk errors already dropped the episode
+            return self._skip(type(e).__name__, str(e))
+        self._stamp_ns = stamp_ns
+
+    # ------------------------------------------------------------------------------------ services
+    def _srv_start(self, req, res):
+        p = lambda n: str(self.get_parameter(n).value)  # noqa: E731
+        try:
+            name = self.recorder.start(task=p("task"), category=p("category"), instruction=p("instruction"),
+                                       operator=p("operator"))
+        except RecorderError as e:
+            res.success, res.message = False, str(e)
+            self.get_logger().error(f"start refused: {e}")
+        else:
+            self.skipped_in_episode = 0
+            res.success, res.message = True, f"recording {name}: {p('task')} / {p('instruction')!r}"
+            self.get_logger().info(res.message)
+        self.publish_progress()
+        return res
+
+    def _srv_stop(self, res, success: bool):
+        try:
+            entry = self.recorder.stop(success=success)
+        except RecorderError as e:
+            res.success, res.message = False, str(e)
+            self.get_logger().error(f"stop refused: {e}")
+        else:
+            self.recorded_in_session += 1
+            res.success = True
+            res.message = (f"saved {entry['name']} ({'success' if success else 'failure'}, {entry.get('n_steps')} "
+                           f"steps, {self.skipped_in_episode} skipped); {self.recorder.progress()}")
+            self.get_logger().info(res.message)
+        self.publish_progress()
+        return res
+
+    def _srv_discard(self, req, res):
+        res.success = self.recorder.discard()
+        res.message = "episode discarded" if res.success else "no episode in progress"
+        self.get_logger().info(f"{res.message}; {self.recorder.progress()}")
+        self.publish_progress()
+        return res
+
+    def _srv_quit(self, req, res):
+        self.publish_progress()
+        prog = self.recorder.close()
+        res.success, res.message = True, f"recorder closed: {prog}"
+        self.get_logger().info(res.message)
+        self._quit.set()
+        return res
+
+    @property
+    def quit_requested(self) -> bool:
+        return self._quit.is_set()
+
+    def destroy_node(self):
+        self.recorder.close()
+        return super().destroy_node()
+
+
+def main(args: Optional[list[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    node = None
+    try:
+        node = RecorderNode()
+        executor = MultiThreadedExecutor()
+        executor.add_node(node)
+        while not stop.is_set() and not node.quit_requested:
+            executor.spin_once(timeout_sec=0.1)
+        executor.shutdown(timeout_sec=2.0)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as e:  # configuration errors (bad YAML, locked directory...): one clear line
+        print(f"recorder_node: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
