@@ -28,6 +28,7 @@ from robot_server import ros_interface as ri
 from robot_server.backends.base import RobotBackend, RobotState
 from robot_server.config import load_safety_config
 from robot_server.server_core import RobotServerCore
+from robot_server.ros_main import init_with_stop_event
 
 LOG = logging.getLogger("robot_server.robot_node")
 
@@ -198,13 +199,15 @@ class RobotNode(Node):
 
 def main(args: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO)
-    rclpy.init(args=args)
+    stop = init_with_stop_event(args)
     node = None
     try:
         node = RobotNode()
         executor = MultiThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.1)
+        executor.shutdown(timeout_sec=2.0)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

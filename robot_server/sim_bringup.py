@@ -10,9 +10,7 @@ camera node renders from that backend in its own capture thread.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -20,12 +18,12 @@ import rclpy
 from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.parameter import Parameter
-from rclpy.signals import SignalHandlerOptions
 
 from robot_server.backends.sim import SimTwinBackend
 from robot_server.camera_node import CameraNode
 from robot_server.cameras.sim import SimCameraSource
 from robot_server.robot_node import RobotNode
+from robot_server.ros_main import init_with_stop_event
 
 
 @dataclass
@@ -61,12 +59,7 @@ def build(context: Optional[Context] = None, robot_params: Optional[list[Paramet
 
 def main(args: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO)
-    # Own SIGINT/SIGTERM handling: rclpy's default handler invalidates the context while timers and the capture
-    # thread are still publishing; we stop them first, then shut down.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = init_with_stop_event(args)
     bringup = None
     try:
         # camera_rate is read from the global ROS args by a throwaway node, so one command line configures both.

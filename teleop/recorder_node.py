@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 import threading
 import time
@@ -32,7 +31,6 @@ from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
@@ -41,6 +39,7 @@ from robot_server import ros_interface as ri
 from robot_server.client import image_to_array
 from teleop.episode_format import CameraConfig
 from teleop.recorder import EpisodeRecorder, RecorderConfig, RecorderError
+from robot_server.ros_main import init_with_stop_event
 
 LOG_THROTTLE_S = 1.0
 
@@ -245,10 +244,7 @@ class RecorderNode(Node):
 
 def main(args: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO)
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = init_with_stop_event(args)
     node = None
     try:
         node = RecorderNode()

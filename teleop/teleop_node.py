@@ -17,7 +17,6 @@ and one clear message. Task and instruction are the recorder node's parameters
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
 import time
@@ -26,13 +25,13 @@ from typing import Optional
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.signals import SignalHandlerOptions
 from std_srvs.srv import Trigger
 
 from robot_server import ros_interface as ri
 from robot_server.client import RobotClient
 from teleop.controller import TeleopConfig, make_teleop
 from teleop.devices import DeviceError
+from robot_server.ros_main import init_with_stop_event
 
 EVENT_SERVICES = {"start": ri.SRV_RECORDER_START, "success": ri.SRV_RECORDER_SUCCESS,
                   "failure": ri.SRV_RECORDER_FAILURE, "discard": ri.SRV_RECORDER_DISCARD, "quit": ri.SRV_RECORDER_QUIT}
@@ -45,10 +44,7 @@ def load_config(path: str, device: str) -> TeleopConfig:
 
 def main(args: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO)
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = init_with_stop_event(args)
     node = executor = teleop = None
     try:
         node = rclpy.create_node("teleop_node", namespace="/irevla")
