@@ -24,14 +24,14 @@ SERL_AXES = ("-y", "x", "z", "-roll", "-pitch", "-yaw")
 
 # Key -> command. Motion commands are "+x" .. "-rz" (base frame; x forward, y left, z up); gripper commands
 # "gripper_close" / "gripper_open" / "gripper_toggle"; anything "event:<name>" is passed through for the node
-# (start / success / failure / discard / quit).
+# (start / success / failure / discard / quit; task opens the task/instruction prompt).
 DEFAULT_KEYS = {
     "w": "+x", "s": "-x", "a": "+y", "d": "-y", "r": "+z", "f": "-z",
     "up": "+x", "down": "-x", "left": "+y", "right": "-y", "pageup": "+z", "pagedown": "-z",
     "j": "+rx", "l": "-rx", "i": "+ry", "k": "-ry", "u": "+rz", "o": "-rz",
     "space": "gripper_toggle", "c": "gripper_close", "v": "gripper_open",
     "n": "event:start", "enter": "event:success", "backspace": "event:failure", "x": "event:discard",
-    "q": "event:quit", "ctrl-c": "event:quit",
+    "q": "event:quit", "ctrl-c": "event:quit", "t": "event:task",
 }
 
 

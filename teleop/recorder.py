@@ -4,14 +4,22 @@
     rec.start(task="pick_red_block", category="expert", instruction="pick up the red block", operator="ana")
     for each control step:
         rec.add_step(images={"front": rgb, "wrist": rgb}, state=robot_state, action=a, stamp=t)
-    rec.stop(success=True)          # or rec.discard()
+    rec.stop(success=True)          # or rec.discard(); returns once the episode is saved
     print(rec.progress())           # 37/2000 successful episodes ...
     rec.close()
+
+`stop_async(success)` ends the episode at once and saves it on a background thread (closing the MCAP file, fsync,
+atomic rename, index line: 40-100 ms), so the next `start()` can follow immediately without losing a frame. It
+returns a Future of the index entry; episodes are saved in the order they were stopped. A file becomes visible only
+when it is complete, so a SIGKILL loses at most the episodes not yet saved: the one in progress and, for about
+the length of a save after a `stop_async()`, the one being saved.
 
 Every input is validated before anything is written: a bad step raises RecorderInputError naming what is wrong
 and leaves the episode in progress untouched (the caller may go on, or discard it). A write failure (OSError,
 e.g. ENOSPC) raises RecorderDiskError with a clear message; that episode is dropped (its partial file removed),
-finished episodes are never touched. Thread-safe (one lock), so ROS callbacks may call it from several threads.
+finished episodes are never touched. A background save that fails is raised by its Future and, if nobody took it
+from `stop()`, by the next `start()` / `add_step()` / `stop()` (the episode in progress is then dropped as well:
+recording stops). Thread-safe (one lock), so ROS callbacks may call it from several threads.
 """
 from __future__ import annotations
 
@@ -25,6 +33,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -113,6 +123,7 @@ class Progress:
     recording: Optional[str] = None  # name of the episode in progress
     steps_in_progress: int = 0
     last_error: str = ""
+    saving: int = 0  # episodes stopped with stop_async() whose save has not finished yet
 
     def __str__(self) -> str:
         s = f"{self.done}/{self.target} successful episodes ({self.failed} failed)"
@@ -127,6 +138,8 @@ class Progress:
             s += f"; ETA {self.eta_s / 3600:.1f} h"
         if self.recording:
             s += f"; recording {self.recording} ({self.steps_in_progress} steps)"
+        if self.saving:
+            s += f"; saving {self.saving}"
         return s
 
 
@@ -204,6 +217,13 @@ class EpisodeRecorder:
         self._file: Optional[storage.EpisodeFile] = None
         self._cycle_times: list[float] = []
         self._last_stop_wall: Optional[float] = None
+        # One saver thread: saves happen in stop order, so index lines and numbers stay in order.
+        self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="episode-saver")
+        self._saving: dict[str, Future] = {}  # episode name -> Future of its index entry
+        # The next episode's file (header and schemas written), opened on the saver thread so that start() right
+        # after a stop() does not wait for it: (episode number, Future of the EpisodeFile).
+        self._spare: Optional[tuple[int, Future]] = None
+        self._save_error: Optional[RecorderDiskError] = None  # failed background save nobody was told about
 
     # ------------------------------------------------------------------------------------------ properties
     @property
@@ -226,6 +246,7 @@ class EpisodeRecorder:
         """Begin an episode; returns its name (episode_NNNNNN)."""
         with self._lock:
             self._check_open()
+            self._raise_save_error()
             if self.state == self.RECORDING:
                 raise RecorderStateError(f"episode {self._name} is in progress ({self._n} steps): stop() or "
                                          "discard() it before starting another")
@@ -245,12 +266,15 @@ class EpisodeRecorder:
                 raise RecorderInputError(f"extra metadata must be JSON-serialisable: {exc}") from None
             self._check_free_space()
             name = storage.episode_name(self._next_number)
-            try:
-                self._file = storage.EpisodeFile(self.root, name, self.topics, self.ts, self.config.compression,
-                                                 self.config.fsync)
-            except OSError as exc:
-                raise self._disk_error(exc, name, "cannot create") from exc
+            self._file = self._take_spare(self._next_number)
+            if self._file is None:
+                try:
+                    self._file = self._new_file(self._next_number)
+                except OSError as exc:
+                    raise self._disk_error(exc, name, "cannot create") from exc
             self._name, self._number = name, self._next_number
+            if self._spare is None:  # the next episode's file is opened on the saver thread meanwhile
+                self._spare = (self._number + 1, self._saver.submit(self._new_file, self._number + 1))
             self._n = 0
             self._last_ns: Optional[int] = None
             self._first_ns: Optional[int] = None
@@ -266,6 +290,7 @@ class EpisodeRecorder:
         """Record one control step; returns the number of steps so far. `stamp`: s (float) or ns (int)."""
         with self._lock:
             self._check_open()
+            self._raise_save_error()
             if self.state != self.RECORDING:
                 raise RecorderStateError("no episode in progress: call start() first")
             stamp_ns = _to_ns(stamp)
@@ -301,39 +326,131 @@ class EpisodeRecorder:
             self._n += 1
             return self._n
 
-    def stop(self, success: bool) -> dict:
-        """Finish the episode (atomically saved); returns its index entry."""
+    def stop(self, success: bool, extra: Optional[Mapping[str, Any]] = None) -> dict:
+        """Finish the episode and return its index entry once it is saved (complete, fsynced, renamed).
+
+        `extra` (JSON-serialisable) is merged into the `extra` metadata given to start()."""
+        future = self.stop_async(success, extra)
+        try:
+            return future.result()
+        except RecorderDiskError:
+            with self._lock:  # reported here: the next call need not raise it again
+                self._save_error = None
+            raise
+
+    def stop_async(self, success: bool, extra: Optional[Mapping[str, Any]] = None) -> Future:
+        """End the episode now and save it on the saver thread; returns a Future of its index entry.
+
+        The recorder is ready for `start()` at once. The Future raises RecorderDiskError if the save fails."""
         with self._lock:
             self._check_open()
+            self._raise_save_error()
             if self.state != self.RECORDING:
                 raise RecorderStateError("no episode in progress: nothing to stop")
             if not isinstance(success, (bool, np.bool_)):
                 raise RecorderInputError(f"success must be true/false, got {success!r}")
             if self._n == 0:
                 raise RecorderStateError(f"episode {self._name} has no steps: record some or discard() it")
+            if extra:
+                try:
+                    json.dumps(dict(extra))
+                except (TypeError, ValueError) as exc:
+                    raise RecorderInputError(f"extra metadata must be JSON-serialisable: {exc}") from None
+                self._meta_in["extra"].update(extra)
             now = self._clock()
             meta = self._metadata(bool(success), now)
-            try:
-                path = self._file.finalize(ef.metadata_to_custom_data(meta))
-            except OSError as exc:
-                raise self._fail(exc, "cannot finish") from exc
-            entry = storage.index_entry(meta, path)
-            try:
-                storage.append_index(self.root, entry, fsync=self.config.fsync)
-            except OSError as exc:  # the episode file is safe; the next start re-indexes it from the files
-                self.last_error = (f"episode {self._name} saved, but the index could not be updated: "
-                                   f"{storage.describe_os_error(exc, self.root)}")
-                LOG.error(self.last_error)
-            self._entries.append(entry)
-            self._next_number = self._number + 1
+            file, name, number = self._file, self._name, self._number
             self._file = None
             self.state = self.IDLE
+            self._next_number = number + 1
             if self._last_stop_wall is not None:
                 self._cycle_times.append(now - self._last_stop_wall)
             self._last_stop_wall = now
-            LOG.info("saved %s (%s, %d steps): %s", self._name, "success" if success else "failure", self._n,
-                     self.progress())
-            return dict(entry)
+            future = self._saver.submit(self._save, file, meta)
+            self._saving[name] = future
+            return future
+
+    def wait_saved(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every stopped episode is saved (or failed); False on timeout."""
+        with self._lock:
+            pending = list(self._saving.values())
+        return not wait_futures(pending, timeout=timeout).not_done
+
+    def _save(self, file: storage.EpisodeFile, meta: dict) -> dict:
+        """Saver thread: close the file (footer, fsync), rename it into episodes/, append the index line."""
+        name, number = meta["name"], meta["episode_index"]
+        try:
+            path = file.finalize(ef.metadata_to_custom_data(meta))
+        except OSError as exc:
+            file.abort()
+            with self._lock:
+                self._drop_spare()
+                self._saving.pop(name, None)
+                if self._next_number == number + 1 and self.state != self.RECORDING:
+                    self._next_number = number  # nothing claimed a later number: reuse this one
+                err = self._disk_error(exc, name, "cannot finish")
+                self._save_error = err
+            raise err from exc
+        entry = storage.index_entry(meta, path)
+        try:
+            storage.append_index(self.root, entry, fsync=self.config.fsync)
+        except OSError as exc:  # the episode file is safe; the next start re-indexes it from the files
+            with self._lock:
+                self.last_error = (f"episode {name} saved, but the index could not be updated: "
+                                   f"{storage.describe_os_error(exc, self.root)}")
+            LOG.error(self.last_error)
+        with self._lock:
+            self._entries.append(entry)
+            self._saving.pop(name, None)
+        LOG.info("saved %s (%s, %d steps): %s", name, "success" if meta["success"] else "failure",
+                 meta["n_steps"], self.progress())
+        return dict(entry)
+
+    def _new_file(self, number: int) -> storage.EpisodeFile:
+        return storage.EpisodeFile(self.root, storage.episode_name(number), self.topics, self.ts,
+                                   self.config.compression, self.config.fsync)
+
+    def _take_spare(self, number: int) -> Optional[storage.EpisodeFile]:
+        """The prepared file for episode `number`, or None (then start() opens one itself)."""
+        if self._spare is None or self._spare[0] > number:  # kept for later (a discarded number is reused)
+            return None
+        n, future = self._spare
+        self._spare = None
+        if not future.cancel():  # done, or being made now (needs no lock: waiting here cannot deadlock)
+            try:
+                f = future.result()
+            except Exception:  # noqa: BLE001 - e.g. disk full: start() tries itself and reports it
+                return None
+            if n == number:
+                return f
+            f.abort()
+        return None
+
+    def _drop_spare(self) -> None:
+        """Close and delete the prepared file (recording stopped, or closing)."""
+        spare, self._spare = self._spare, None
+        if spare is not None and not spare[1].cancel():
+            try:
+                spare[1].result().abort()
+            except Exception:  # noqa: BLE001 - it failed to open: nothing to delete
+                pass
+
+    def _raise_save_error(self) -> None:
+        """A background save failed (disk full...) and nobody was told: recording stops, say so now."""
+        err, self._save_error = self._save_error, None
+        if err is None:
+            return
+        msg = str(err)
+        if self.state == self.RECORDING:
+            self._file.abort()
+            self._file = None
+            self.state = self.IDLE
+            msg += f"; the episode in progress ({self._name}, {self._n} steps) was discarded as well"
+            self.last_error = msg
+        if not self._saving:  # nothing above the last finished episode is claimed any more: number on from it
+            numbers = [storage.episode_number(e.get("name", "")) for e in self._entries]
+            self._next_number = max([n for n in numbers if n is not None], default=-1) + 1
+        raise RecorderDiskError(msg, err.errno)
 
     def discard(self) -> bool:
         """Drop the episode in progress (its partial file is deleted). False if none was in progress."""
@@ -347,17 +464,19 @@ class EpisodeRecorder:
             return True
 
     def close(self) -> Progress:
-        """Quit: discard any episode in progress, release the directory. Idempotent."""
+        """Quit: discard any episode in progress, finish the pending saves, release the directory. Idempotent."""
         with self._lock:
             if self.state == self.CLOSED:
                 return self.progress()
             if self.state == self.RECORDING:
                 LOG.warning("closing with episode %s in progress: discarded", self._name)
                 self.discard()
-            prog = self.progress()
+            self.state = self.CLOSED  # no new calls from here on
+        self._saver.shutdown(wait=True)  # outside the lock: the saver needs it
+        with self._lock:
+            self._drop_spare()
             self._dirlock.release()
-            self.state = self.CLOSED
-            return prog
+            return self.progress()
 
     quit = close
 
@@ -390,7 +509,7 @@ class EpisodeRecorder:
                 eta = remaining * per * (done + failed) / max(done, 1)  # failures also cost time
             return Progress(done, self.config.target_episodes, failed, per_task, mean_ep, mean_cycle, eta,
                             self._name if self.state == self.RECORDING else None,
-                            self._n if self.state == self.RECORDING else 0, self.last_error)
+                            self._n if self.state == self.RECORDING else 0, self.last_error, len(self._saving))
 
     def task_progress(self) -> dict[str, str]:
         """task -> "done/target" for the configured per-task targets."""
@@ -507,5 +626,6 @@ class EpisodeRecorder:
         if self._file is not None:
             self._file.abort()
         self._file = None
+        self._drop_spare()
         self.state = self.IDLE
         return err

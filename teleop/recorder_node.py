@@ -3,12 +3,21 @@
 Subscribes to the camera topics, the robot state (ee_pose, joint_states, gripper) and the robot's action topic
 (the command the robot executes) and, on a 10 Hz timer, records one step with the NEWEST sample of each while an
 episode is in progress. A camera with no frame yet (topic missing) or no new frame for more than `stale_s`
-(stalled), or missing/stalled state or action, skips that step: the reason is logged (throttled) and counted,
-nothing already recorded is touched.
+(stalled), or missing/stalled state or action, skips that step: the reason is logged (throttled), counted and shown
+in the progress message (`stalled`, `skipped_in_episode`); a step is never recorded with stale data and nothing
+already recorded is touched. What happens to the episode is the `stall_policy` parameter:
+
+* `keep` (default): recording goes on when the stream is back; the saved episode's metadata lists the gaps
+  (`extra.gaps`: after which step, how many steps were skipped, the reasons) and `extra.skipped_steps` (reason ->
+  count, including skips before the first step), so training code can split or drop it.
+* `discard`: a stall after the first recorded step drops the episode in progress at once, with the reason in
+  `last_error` (finished episodes are untouched); the operator records it again.
 
 Services (std_srvs/Trigger, robot_server.ros_interface.SRV_RECORDER_*): start (task / instruction / category /
 operator from this node's parameters: change them with `ros2 param set /irevla/recorder_node task ...`),
-stop_success, stop_failure, discard, quit. Progress (std_msgs/String JSON) is published latched on
+stop_success, stop_failure, discard, quit. The teleop node sets task and instruction through the same
+parameters (its operator prompt calls this node's set_parameters service). Progress (std_msgs/String JSON) is
+published latched on
 /irevla/recorder/progress after every change and once a second, and logged after every episode.
 
     recorder_node --ros-args -p out_dir:=data/expert -p task:=pick_red_block -p instruction:="pick up the red block"
@@ -42,6 +51,7 @@ from teleop.recorder import EpisodeRecorder, RecorderConfig, RecorderError
 from robot_server.ros_main import init_with_stop_event
 
 LOG_THROTTLE_S = 1.0
+STALL_POLICIES = ("keep", "discard")
 
 
 class _Latest:
@@ -68,9 +78,11 @@ class RecorderNode(Node):
         self.declare_parameter("image_height", 224)
         self.declare_parameter("rate", 10.0)
         self.declare_parameter("stale_s", 0.5)
+        self.declare_parameter("stall_policy", "keep")  # keep | discard: what a stall does to the episode
         self.declare_parameter("task", "")
         self.declare_parameter("instruction", "")
-        self.declare_parameter("category", "teleop")
+        self.declare_parameter("category", "teleop")  # the data's source, as `irevla collect` writes "scripted"
+        self.declare_parameter("task_category", "")  # the task's registry category (expert / rl / unseen)
         self.declare_parameter("operator", "")
         self.declare_parameter("target_episodes", 0)  # 0: the config's target
         p = lambda n: self.get_parameter(n).value  # noqa: E731
@@ -89,8 +101,15 @@ class RecorderNode(Node):
         self.recorder = recorder
         self.cameras = tuple(c.name for c in recorder.config.cameras)
         self.stale_s = float(p("stale_s"))
+        if str(p("stall_policy")) not in STALL_POLICIES:
+            raise ValueError(f"stall_policy must be one of {STALL_POLICIES}, got {p('stall_policy')!r}")
         self.skipped: Counter = Counter()  # reason -> steps skipped (all episodes of this session)
         self.skipped_in_episode = 0
+        self._episode_skips: Counter = Counter()  # reason -> steps skipped in the episode in progress
+        self._gaps: list[dict] = []  # runs of skipped steps in the episode in progress
+        self._gap: Optional[dict] = None  # the run going on now
+        self.stalled = ""  # the current stream problem ("" while steps are being recorded)
+        self.node_error = ""  # last episode-level problem of this node (e.g. discarded by a stall)
         self.recorded_in_session = 0
         self._log_t: dict[str, float] = {}
         self._stamp_ns = 0
@@ -124,11 +143,15 @@ class RecorderNode(Node):
     # ------------------------------------------------------------------------------------ progress
     def progress_dict(self) -> dict:
         pr = self.recorder.progress()
+        p = lambda n: str(self.get_parameter(n).value)  # noqa: E731
         return {"done": pr.done, "target": pr.target, "failed": pr.failed, "per_task": pr.per_task,
                 "seconds_per_episode": pr.mean_episode_s, "seconds_per_cycle": pr.mean_cycle_s, "eta_s": pr.eta_s,
                 "recording": pr.recording, "steps_in_progress": pr.steps_in_progress,
                 "skipped_steps": dict(self.skipped), "skipped_in_episode": self.skipped_in_episode,
-                "last_error": pr.last_error, "text": str(pr)}
+                "stalled": self.stalled if pr.recording else "",
+                "task": p("task"), "instruction": p("instruction"), "category": p("category"),
+                "task_category": p("task_category"),
+                "operator": p("operator"), "last_error": self.node_error or pr.last_error, "text": str(pr)}
 
     def publish_progress(self) -> None:
         if self.recorder.state == EpisodeRecorder.CLOSED:
@@ -136,9 +159,28 @@ class RecorderNode(Node):
         self.pub_progress.publish(String(data=json.dumps(self.progress_dict())))
 
     # ------------------------------------------------------------------------------------ recording
-    def _skip(self, reason: str, detail: str) -> None:
+    def _skip(self, reason: str, detail: str, stream: bool = True) -> None:
+        """This tick records nothing. `stream`: because an input stream is missing or stalled."""
         self.skipped[reason] += 1
         self.skipped_in_episode += 1
+        self._episode_skips[reason] += 1
+        self.stalled = f"{reason} ({detail})"
+        steps = self.recorder.progress().steps_in_progress
+        if stream and steps > 0 and str(self.get_parameter("stall_policy").value) == "discard":
+            name = self.recorder.progress().recording
+            if self.recorder.discard():
+                self.node_error = (f"episode {name} discarded after {steps} steps (stall_policy discard): "
+                                   f"{reason}: {detail}. Finished episodes are intact; start it again.")
+                self.get_logger().error(self.node_error)
+                self.publish_progress()
+            return
+        if steps > 0:  # skips before the first step only delay the episode's start: not a gap in its data
+            if self._gap is None:
+                self._gap = {"after_step": steps, "skipped": 0, "reasons": []}
+                self._gaps.append(self._gap)
+            self._gap["skipped"] += 1
+            if reason not in self._gap["reasons"]:
+                self._gap["reasons"].append(reason)
         now = time.monotonic()
         if now - self._log_t.get(reason, -1e9) >= LOG_THROTTLE_S:
             self._log_t[reason] = now
@@ -167,7 +209,7 @@ class RecorderNode(Node):
             try:
                 images[cam] = image_to_array(lt.value)
             except ValueError as e:
-                return self._skip(f"bad image: {cam}", f"camera {cam!r}: {e}")
+                return self._skip(f"bad image: {cam}", f"camera {cam!r}: {e}", stream=False)
         for name, lt, topic in (("ee_pose", self._pose, ri.TOPIC_EE_POSE),
                                 ("joint_states", self._joints, ri.TOPIC_JOINT_STATES),
                                 ("gripper", self._gripper, ri.TOPIC_GRIPPER),
@@ -184,36 +226,43 @@ class RecorderNode(Node):
         try:
             self.recorder.add_step(images, state, np.asarray(act.data, float), stamp_ns)
         except RecorderError as e:  # bad input: this step only; disk errors already dropped the episode
-            return self._skip(type(e).__name__, str(e))
+            return self._skip(type(e).__name__, str(e), stream=False)
         self._stamp_ns = stamp_ns
+        self._gap = None
+        self.stalled = ""
 
     # ------------------------------------------------------------------------------------ services
     def _srv_start(self, req, res):
         p = lambda n: str(self.get_parameter(n).value)  # noqa: E731
         try:
+            extra = {"task_category": p("task_category")} if p("task_category") else {}
             name = self.recorder.start(task=p("task"), category=p("category"), instruction=p("instruction"),
-                                       operator=p("operator"))
+                                       operator=p("operator"), extra=extra)
         except RecorderError as e:
             res.success, res.message = False, str(e)
             self.get_logger().error(f"start refused: {e}")
         else:
             self.skipped_in_episode = 0
+            self._episode_skips.clear()
+            self._gaps, self._gap, self.stalled, self.node_error = [], None, "", ""
             res.success, res.message = True, f"recording {name}: {p('task')} / {p('instruction')!r}"
             self.get_logger().info(res.message)
         self.publish_progress()
         return res
 
     def _srv_stop(self, res, success: bool):
-        try:
-            entry = self.recorder.stop(success=success)
+        try:  # answers once the episode is saved (stop() waits for the file to be complete and renamed)
+            entry = self.recorder.stop(success=success, extra={"skipped_steps": dict(self._episode_skips),
+                                                               "gaps": [dict(g) for g in self._gaps]})
         except RecorderError as e:
             res.success, res.message = False, str(e)
             self.get_logger().error(f"stop refused: {e}")
         else:
             self.recorded_in_session += 1
             res.success = True
+            gaps = f" in {len(self._gaps)} gap(s): {dict(self._episode_skips)}" if self._gaps else ""
             res.message = (f"saved {entry['name']} ({'success' if success else 'failure'}, {entry.get('n_steps')} "
-                           f"steps, {self.skipped_in_episode} skipped); {self.recorder.progress()}")
+                           f"steps, {self.skipped_in_episode} skipped{gaps}); {self.recorder.progress()}")
             self.get_logger().info(res.message)
         self.publish_progress()
         return res

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -286,3 +287,120 @@ def test_recorder_config_from_yaml(tmp_path):
                                                                                   "height": 8}]})) as rec:
         e = record_episode(rec, 2)
     assert read_metadata(tmp_path / "h" / e["file"])["ros_distro"] == "humble"
+
+
+# ------------------------------------------------------------------------------------------------ asynchronous stop
+def _steps(rec, n, t0):
+    for k in range(n):
+        rec.add_step(synthetic_images(SMALL, k), synthetic_state(k), synthetic_action(k), t0 + 0.1 * k)
+
+
+def test_stop_async_saves_in_order_while_the_next_episode_records(tmp_path, monkeypatch):
+    rec = EpisodeRecorder(small_config(tmp_path))
+    gate = __import__("threading").Event()
+    real_finalize = storage.EpisodeFile.finalize
+
+    def slow_finalize(self, custom):  # hold the saver until the next episode has started and recorded
+        assert gate.wait(10.0)
+        return real_finalize(self, custom)
+
+    monkeypatch.setattr(storage.EpisodeFile, "finalize", slow_finalize)
+    rec.start("task_a", instruction="first")
+    _steps(rec, 3, 10.0)
+    fut0 = rec.stop_async(True, extra={"note": "async"})
+    assert rec.next_episode_number == 1 and not rec.recording
+    assert rec.start("task_b", instruction="second") == "episode_000001"  # at once, while 0 is being saved
+    _steps(rec, 4, 20.0)
+    prog = rec.progress()
+    assert prog.saving == 1 and prog.done == 0 and "saving 1" in str(prog)
+    assert storage.episode_files(tmp_path) == {}  # not visible before it is complete
+    fut1 = rec.stop_async(False)
+    gate.set()
+    assert rec.wait_saved(10.0)
+    e0, e1 = fut0.result(), fut1.result()
+    assert (e0["name"], e0["n_steps"], e0["extra"]) == ("episode_000000", 3, {"note": "async"})
+    assert (e1["name"], e1["n_steps"], e1["success"]) == ("episode_000001", 4, False)
+    assert [e["name"] for e in rec.episodes] == ["episode_000000", "episode_000001"]
+    lines = [json.loads(ln) for ln in (tmp_path / storage.INDEX).read_text().splitlines()]
+    assert [ln["name"] for ln in lines] == ["episode_000000", "episode_000001"]
+    p = rec.close()
+    assert p.done == 1 and p.failed == 1 and p.saving == 0
+    rep = validate_dataset(tmp_path)
+    assert rep.ok and rep.n_files == 2, rep.summary()
+
+
+def test_close_waits_for_pending_saves(tmp_path):
+    rec = EpisodeRecorder(small_config(tmp_path))
+    for i in range(3):
+        rec.start(f"t{i}")
+        _steps(rec, 2, 10.0 * (i + 1))
+        rec.stop_async(True)
+    assert rec.close().done == 3
+    assert len(storage.episode_files(tmp_path)) == 3 and validate_dataset(tmp_path).ok
+
+
+def test_failed_background_save_stops_recording_with_a_clear_error(tmp_path, monkeypatch):
+    import errno
+    import os
+    rec = EpisodeRecorder(small_config(tmp_path))
+    record_episode(rec, 2)
+    real = storage._disk_write
+    started = __import__("threading").Event()
+
+    def full_disk(f, data):  # the disk fills up while episode 1 is being saved
+        assert started.wait(10.0)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    rec.start("t")
+    _steps(rec, 3, 5.0)  # small frames stay in rosbags' chunk buffer: the first disk write is at the save
+    monkeypatch.setattr(storage, "_disk_write", full_disk)
+    fut = rec.stop_async(True)
+    rec.start("t")  # episode 2 starts while 1 is being saved
+    started.set()
+    with pytest.raises(RecorderDiskError, match="No space left"):
+        fut.result(10.0)
+    with pytest.raises(RecorderDiskError, match=r"episode_000001.*discarded as well") as info:
+        _steps(rec, 1, 9.0)  # the next call reports it once and stops recording
+    assert "episode in progress (episode_000002" in str(info.value) and not rec.recording
+    assert not any((tmp_path / storage.PARTIAL).iterdir())
+    assert list(storage.episode_files(tmp_path)) == ["episode_000000"]  # the finished one is intact
+    monkeypatch.setattr(storage, "_disk_write", real)
+    assert record_episode(rec, 2, t0=1.9e9)["name"] == "episode_000001"  # numbering stays without gaps
+    rec.close()
+    assert validate_dataset(tmp_path).ok
+
+
+def test_next_episode_file_is_opened_on_the_saver_thread(tmp_path, monkeypatch):
+    import threading
+    opened = []  # (episode number, thread name) of every file the recorder opens
+    real_new = EpisodeRecorder._new_file
+
+    def spy(self, number):
+        opened.append((number, threading.current_thread().name))
+        return real_new(self, number)
+
+    monkeypatch.setattr(EpisodeRecorder, "_new_file", spy)
+    rec = EpisodeRecorder(small_config(tmp_path))
+    main = threading.current_thread().name
+    rec.start("t")  # the first file: opened by start() itself; the next one is prepared in the background
+    _steps(rec, 2, 1.0)
+    rec.stop_async(True)
+    assert rec.start("t") == "episode_000001"
+    assert opened[0] == (0, main) and opened[1][0] == 1 and opened[1][1].startswith("episode-saver")
+    _steps(rec, 2, 2.0)
+    rec.discard()  # the number is used again: opened by start(), the prepared file for 2 is kept
+    assert rec.start("t") == "episode_000001" and opened[-1] == (1, main)
+    _steps(rec, 2, 3.0)
+    rec.stop(True)
+    n_opened = len(opened)
+    assert rec.start("t") == "episode_000002"  # took the kept file for 2 ...
+    deadline = time.monotonic() + 10
+    while len(opened) == n_opened and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [n for n, _ in opened[n_opened:]] == [3]  # ... and prepares 3
+    _steps(rec, 2, 4.0)
+    rec.stop(False)
+    rec.close()  # the prepared file for 3 is deleted
+    assert not any((tmp_path / storage.PARTIAL).iterdir())
+    rep = validate_dataset(tmp_path)
+    assert rep.ok and rep.n_files == 3, rep.summary()
