@@ -108,21 +108,39 @@ class CameraNode(Node):
 
 
 def main(args: Optional[list[str]] = None) -> int:
-    """Standalone camera node. The sim cameras render the robot node's twin, so in the sim use `sim_bringup`
-    (robot node + camera node in one process); real camera sources are not in this repo yet."""
+    """Standalone camera node for real cameras: `camera_node --ros-args -p source:=realsense -p config:=cams.yaml`.
+
+    The sim cameras render the robot node's twin, so in the sim use `sim_bringup` (robot + camera node in one
+    process)."""
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from robot_server.cameras import make_camera_source
+    from robot_server.ros_main import init_with_stop_event
     logging.basicConfig(level=logging.INFO)
-    rclpy.init(args=args)
+    stop = init_with_stop_event(args)
+    node = None
     try:
-        node = rclpy.create_node("camera_node", namespace="/irevla",
-                                 automatically_declare_parameters_from_overrides=True)
-        source = node.get_parameter("source").value if node.has_parameter("source") else "sim"
-        node.get_logger().error(
-            f"camera source {source!r}: the sim cameras must share the robot's twin - run `sim_bringup` instead; "
-            "no real camera source is implemented yet")
-        node.destroy_node()
+        probe = rclpy.create_node("camera_node_args", allow_undeclared_parameters=True,
+                                  automatically_declare_parameters_from_overrides=True)
+        source = probe.get_parameter("source").value if probe.has_parameter("source") else "sim"
+        config = probe.get_parameter("config").value if probe.has_parameter("config") else ""
+        probe.destroy_node()
+        try:
+            src = make_camera_source(source, config or None)
+        except Exception as e:  # noqa: BLE001 - a clear message and a non-zero exit, not a traceback
+            LOG.error("camera source %r: %s", source, e)
+            return 2
+        node = CameraNode(src)  # its `rate` comes from the same command line (-p rate:=15.0)
+        executor = SingleThreadedExecutor()  # nothing to execute: capture runs in the node's own thread
+        executor.add_node(node)
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
     finally:
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
-    return 2
+    return 0
 
 
 if __name__ == "__main__":

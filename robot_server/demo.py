@@ -1,4 +1,4 @@
-"""`irevla demo`: the twin over ROS 2, a scripted task commanded through the robot server, and what happened.
+"""`irevla scripted-demo`: the twin over ROS 2, a scripted task commanded through the robot server, and what happened.
 
 Starts the simulated cell (robot node + camera node, `sim_bringup`) as a separate process, then drives the task
 from this process through the ROS 2 interface only: state and object poses come in on topics (object poses from the
@@ -20,7 +20,7 @@ import numpy as np
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="irevla demo", description=__doc__)
+    ap = argparse.ArgumentParser(prog="irevla scripted-demo", description=__doc__)
     ap.add_argument("--task", default="pick_red_block", help="an object-centric task (pick / place skill)")
     ap.add_argument("--episodes", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)

@@ -38,11 +38,10 @@ def stamp_msg(seconds: float):
     return Time(nanoseconds=int(round(seconds * 1e9))).to_msg()
 
 
-def make_backend(kind: str, task: Optional[str], seed: Optional[int]) -> RobotBackend:
-    if kind == "sim":
-        from robot_server.backends.sim import SimTwinBackend
-        return SimTwinBackend(task=task or None, seed=seed, realtime=True)
-    raise ValueError(f"unknown backend {kind!r} (available: 'sim'; the real Franka backend is not in this repo yet)")
+def make_backend(kind: str, task: Optional[str], seed: Optional[int], config="") -> RobotBackend:
+    """The backend registered as `kind` (robot_server/backends/__init__.py), configured from the YAML `config`."""
+    from robot_server.backends import make_backend as make
+    return make(kind, config or None, task=task, seed=seed)
 
 
 class RobotNode(Node):
@@ -54,6 +53,8 @@ class RobotNode(Node):
         super().__init__(node_name, context=context, namespace=namespace,
                          parameter_overrides=parameter_overrides or [])
         self.declare_parameter("backend", "sim")
+        self.declare_parameter("backend_config", "")  # YAML for hardware backends (config/backends/*.yaml)
+        self.declare_parameter("sim_image_size", 0)  # sim backend: camera render size (0: the twin's default)
         self.declare_parameter("task", "")
         self.declare_parameter("seed", 0)
         self.declare_parameter("rate", 50.0)
@@ -67,7 +68,12 @@ class RobotNode(Node):
         if not (0.0 < rate <= 1000.0):
             raise ValueError(f"rate must be in (0, 1000] Hz, got {rate}")
         self.owns_backend = backend is None
-        self.backend = backend if backend is not None else make_backend(p["backend"], p["task"], int(p["seed"]))
+        backend_config = self.get_parameter("backend_config").value
+        sim_size = int(self.get_parameter("sim_image_size").value)
+        if p["backend"] == "sim" and sim_size > 0 and not backend_config:
+            backend_config = {"image_size": sim_size}
+        self.backend = backend if backend is not None else make_backend(
+            p["backend"], p["task"], int(p["seed"]), backend_config)
         self.base_frame = p["base_frame"]
         self.core = RobotServerCore(self.backend, safety_config=load_safety_config(p["safety_config"] or None),
                                     task=p["task"] or None, seed=int(p["seed"]), base_frame=self.base_frame)

@@ -65,3 +65,13 @@ SRV_RECORDER_FAILURE = f"{RECORDER_NS}/stop_failure"  # std_srvs/Trigger
 SRV_RECORDER_DISCARD = f"{RECORDER_NS}/discard"  # std_srvs/Trigger
 SRV_RECORDER_QUIT = f"{RECORDER_NS}/quit"  # std_srvs/Trigger: discard any episode in progress, exit
 TOPIC_RECORDER_PROGRESS = f"{RECORDER_NS}/progress"  # std_msgs/String (JSON), latched (LATCHED_QOS)
+
+# Policy server (policy/server_node.py): commanding by language, latents for the RL actor, weight hot swap.
+POLICY_NS = "/irevla/policy"
+ACTION_EXECUTE_INSTRUCTION = f"{POLICY_NS}/execute_instruction"  # irevla_interfaces/action/ExecuteInstruction
+SRV_POLICY_LOAD_WEIGHTS = f"{POLICY_NS}/load_weights"  # irevla_interfaces/srv/LoadWeights
+TOPIC_POLICY_LATENTS = f"{POLICY_NS}/latents"  # irevla_interfaces/msg/Latent, one per newly encoded observation
+TOPIC_POLICY_STATUS = f"{POLICY_NS}/status"  # std_msgs/String (JSON), latched (LATCHED_QOS), 1 Hz + on change
+# Latents: reliable with a short queue, so that an RL actor gets every observation even when it is briefly busy.
+LATENT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.VOLATILE)

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.ros
 
 def test_irevla_demo_drives_a_scripted_pick_to_success_over_ros():
     env = dict(os.environ, IREVLA_NO_NETNS=os.environ.get("IREVLA_NO_NETNS", ""))
-    out = subprocess.run([sys.executable, "-m", "robot_server.cli", "demo", "--episodes", "1", "--seed", "4"],
+    out = subprocess.run([sys.executable, "-m", "robot_server.cli", "scripted-demo", "--episodes", "1", "--seed", "4"],
                          capture_output=True, text=True, timeout=240, env=env)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
@@ -27,6 +27,6 @@ def test_irevla_demo_drives_a_scripted_pick_to_success_over_ros():
 
 
 def test_demo_refuses_tasks_it_cannot_drive_over_ros():
-    out = subprocess.run([sys.executable, "-m", "robot_server.cli", "demo", "--task", "press_button"],
+    out = subprocess.run([sys.executable, "-m", "robot_server.cli", "scripted-demo", "--task", "press_button"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0

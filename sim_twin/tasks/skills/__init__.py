@@ -9,3 +9,5 @@ SKILLS: dict[str, Skill] = {s.name: s for s in [PickSkill()]}
 SKILLS.update({s.name: s for s in [PlaceSkill(), ButtonPressSkill(), DrawerOpenSkill()]})
 from sim_twin.tasks.skills.cable_route import CableRouteSkill  # noqa: E402
 SKILLS[CableRouteSkill.name] = CableRouteSkill()
+from sim_twin.tasks.skills.reach import ReachSkill  # noqa: E402
+SKILLS[ReachSkill.name] = ReachSkill()
