@@ -21,6 +21,7 @@ setup(
     ),
     package_data={
         'sim_twin': ['tasks/*.yaml'],
+        'policy': ['default_model/*.*', 'default_model/backbone/*'],  # the embedded default VLA
     },
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
@@ -44,13 +45,22 @@ setup(
             'irevla-dataset = teleop.dataset_cli:main',
             'teleop_node = teleop.teleop_node:main',
             'recorder_node = teleop.recorder_node:main',
+            'policy_server = policy.server_node:main',
+            'rl_actor = rl_agent.actor_node:main',
+            'rl_learner = rl_agent.learner_node:main',
         ],
         # Subcommands of `irevla` (robot_server/cli.py): each package adds its own here.
         'irevla.commands': [
-            'demo = robot_server.demo:main',
+            'demo = rl_agent.main_job:main',
+            'scripted-demo = robot_server.demo:main',
             'experts = robot_server.experts_cli:main',
             'launch = robot_server.launch_graph:main',
             'collect = teleop.collect:main',
+            'train = policy.train_cli:main',
+            'command = policy.command_cli:main',
+            'evaluate = policy.evaluate:main',
+            'rl-session = rl_agent.session_cli:main',
+            'iterate = rl_agent.iterate:main',
         ],
     },
 )

@@ -8,6 +8,9 @@
 #      still has torch and irevla installed.
 #   4. Mirrors the ament data_files (package.xml, launch/, config/, ament index marker) into .venv/share,
 #      which an editable install does not do.
+#   5. Builds the custom ROS 2 interfaces (interfaces/*, e.g. irevla_interfaces) into .venv without colcon
+#      (scripts/build_interfaces.sh); skipped when .venv/share/<pkg>/irevla-build-stamp holds the hash of the
+#      interface files, the build script and the installed ROS wheels.
 # Environment: IREVLA_PYTHON (interpreter, default python3.11), IREVLA_SKIP_APT=1, IREVLA_FORCE=1.
 set -euo pipefail
 
@@ -30,6 +33,7 @@ APT_PACKAGES=(
   libhidapi-hidraw0 libhidapi-libusb0  # pyspacemouse
   iproute2 util-linux                # `ip` and `unshare` for the private test network namespace
   ffmpeg                             # video encode/decode tools
+  cmake ninja-build g++              # build the custom ROS 2 interfaces (scripts/build_interfaces.sh)
 )
 if [[ "${IREVLA_SKIP_APT:-0}" == 1 ]]; then
   say "apt: skipped (IREVLA_SKIP_APT=1)"
@@ -122,5 +126,10 @@ ln -sfn "$ROOT/package.xml" "$SHARE/irevla/package.xml"
 for d in launch config; do
   if [[ -d "$ROOT/$d" ]]; then ln -sfn "$ROOT/$d" "$SHARE/irevla/$d"; else rm -f "$SHARE/irevla/$d"; fi
 done
+
+# ---------------------------------------------------------------- 5. custom ROS 2 interfaces
+# Idempotent: build_interfaces.sh hashes interfaces/<pkg>/*, itself and the ROS wheel versions and skips a package
+# whose stamp matches (IREVLA_FORCE=1 rebuilds).
+bash "$ROOT/scripts/build_interfaces.sh"
 
 say "ready in $((SECONDS - T0)) s: $VENV (run: bash scripts/test.sh)"

@@ -49,6 +49,14 @@ else
   say "WARNING: neither EGL nor OSMesa rendering works: tests that render will fail (run scripts/setup.sh)"
 fi
 
+# ---------------------------------------------------------------- protocol peers
+# franky-sim / franka-sim venvs, robot bindings, the franka_msgs fixture build (tests/peers/provision.py): created once
+# in ~/.cache/irevla/peers (IREVLA_PEER_CACHE), here because the namespace below cannot reach the package registry.
+# Cached: a fraction of a second. A failure only warns; the peer tests then say why they skip or fail.
+if [[ "${IREVLA_SKIP_PEERS:-0}" != 1 && -f tests/peers/provision.py ]]; then
+  "$VPY" tests/peers/provision.py || say "WARNING: protocol peers not fully provisioned (details above)"
+fi
+
 # ---------------------------------------------------------------- pytest
 PYTEST=("$VPY" -m pytest -q --timeout="${IREVLA_TEST_TIMEOUT:-300}")
 if (($# == 0)); then PYTEST+=(tests); else PYTEST+=("$@"); fi

@@ -113,3 +113,15 @@ def spin_thread(ros_context):
             except Exception:
                 pass
         assert not thread.is_alive(), 'spin_thread did not stop within 10 s'
+
+
+@pytest.fixture(scope="module")
+def tiny_model_env(tmp_path_factory):
+    """IREVLA_CACHE (where the tiny backbone is written) in a temp dir for the module, two torch threads; yields
+    the environment, for tests that hand it to subprocesses."""
+    import torch
+    mp = pytest.MonkeyPatch()
+    mp.setenv("IREVLA_CACHE", str(tmp_path_factory.mktemp("irevla_cache")))
+    torch.set_num_threads(2)
+    yield dict(os.environ)
+    mp.undo()
