@@ -1,0 +1,97 @@
+"""Typed configuration of the VLA: backbone, LoRA, token learner + action head (loadable from YAML).
+
+The backbone is a switch: `kind: blip2` with `pretrained_dir` pointing at a local Hugging Face directory (e.g. a
+downloaded Salesforce/blip2-opt-2.7b) is the production path; `pretrained_dir: null` builds the tiny BLIP-2-shaped
+configuration below in code (tests, CPU, the embedded default model). Both go through `from_pretrained`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+from teleop.config import from_dict, load_yaml, to_dict  # noqa: F401  (re-exported for policy users)
+
+# The policy's proprioceptive input: the tail of the recorded state vector (see teleop.episode_format.STATE_TAIL).
+POLICY_STATE_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx", "ee_qy", "ee_qz", "gripper_width")
+POLICY_STATE_DIM = len(POLICY_STATE_NAMES)
+
+
+@dataclass
+class TinyBlip2Config:
+    """A BLIP-2-shaped model small enough for CPU: ViT -> Q-Former -> OPT, all hidden sizes `hidden`."""
+    image_size: int = 96
+    patch_size: int = 16
+    hidden: int = 128
+    vision_layers: int = 2
+    qformer_layers: int = 2
+    text_layers: int = 2
+    heads: int = 4
+    num_query_tokens: int = 8
+    max_positions: int = 128
+    init_range: float = 0.02
+    # 0: training is a deterministic function of the data order (DDP/resume equivalence; tiny data anyway).
+    dropout: float = 0.0
+
+
+@dataclass
+class BackboneConfig:
+    kind: str = "blip2"
+    pretrained_dir: Optional[str] = None  # local HF directory; None -> TinyBlip2Config built in code
+    tiny: TinyBlip2Config = field(default_factory=TinyBlip2Config)
+    dtype: str = "float32"  # weights dtype at load: float32 | bfloat16 | float16
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.kind != "blip2":
+            raise ValueError(f"backbone.kind: only 'blip2' is implemented, got {self.kind!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"backbone.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    # Regex over module names: LoRA reaches only the language model's attention projections (as in the paper).
+    target_modules: str = r".*language_model.*\.(q_proj|v_proj)"
+
+
+@dataclass
+class HeadConfig:
+    learned_tokens: int = 8  # token learner output S
+    token_learner_hidden: int = 64
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
+    use_state: bool = True  # feed the proprioceptive state (POLICY_STATE_NAMES) to the MLP too
+    layer_norm: bool = True
+    action_dim: int = 7
+
+
+@dataclass
+class VLAConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
+    max_text_tokens: int = 64  # instructions are padded to this; longer ones are rejected with a clear error
+    # What trains in the supervised stages: "lora" (paper: LoRA on the LM + head), "full" (a tiny backbone from
+    # scratch), "frozen" (head only: the iRe-VLA-freeze ablation).
+    backbone_training: str = "lora"
+
+    def __post_init__(self):
+        if self.backbone_training not in ("lora", "full", "frozen"):
+            raise ValueError(f"backbone_training must be lora, full or frozen, got {self.backbone_training!r}")
+        if not self.cameras:
+            raise ValueError("cameras: at least one camera is needed")
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, Path], section: Optional[str] = None) -> "VLAConfig":
+        return load_yaml(cls, path, section)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Optional[dict]) -> "VLAConfig":
+        return from_dict(cls, data)
