@@ -1,0 +1,478 @@
+"""The RL actor as a ROS 2 node (`rl_actor`): acts at 10 Hz from latents with its copy of the SAC actor, sends
+transition chunks to the learner, takes new parameters whenever the learner pushes them, and keeps acting -- with
+its last parameters -- when the learner dies.
+
+    rl_actor --ros-args -p checkpoint:=runs/stage0 -p task:=pick_eggplant -p out_dir:=runs/actor [-p mode:=twin]
+
+mode twin:  its own twin (rl_agent.env.LatentEnv: TwinEnv + the frozen VLA encoding each frame once), automatic
+            resets with new seeds, the twin's success predicate (or reward:=classifier).
+mode robot: latents from the policy server (irevla_interfaces/msg/Latent on /irevla/policy/latents), actions to the
+            robot server (robot_server.client.RobotClient), an operator's reward (/irevla/rl/mark_success,
+            /irevla/rl/mark_failure, std_srvs/Trigger) and reset prompt (/irevla/rl/start_episode), or the robot
+            node's success topic in the twin (reward:=twin).
+Both: first 20 zero-shot demos of the VLA (kept in out_dir/actor_demos, so a restarted actor sends the same ones,
+which the learner deduplicates), then RL episodes. Delivery and reconnection: rl_agent/transport.py.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from rl_agent import transport as tp
+from rl_agent.learner_node import with_actor_params
+
+
+class ActorCore:
+    """The actor's state between ROS and the acting loop (no ROS): its agent (params swapped in atomically), the
+    outbox, learner liveness and the messages about it."""
+
+    def __init__(self, agent, actor_id: str, outbox: tp.Outbox, learner_timeout_s: float = 3.0,
+                 silent_report_s: float = 5.0, log=print, warn=print):
+        self.agent = agent
+        self.actor_id = actor_id
+        self.incarnation = f"{actor_id}@{uuid.uuid4().hex[:6]}"  # transitions of this run; demos use actor_id
+        self.outbox = outbox
+        self.live = tp.Liveness(learner_timeout_s)
+        self.silent_report_s = silent_report_s
+        self.params_version = 0
+        self.params_from = ""
+        self.params_received = 0
+        self.log, self.warn = log, warn
+        self._lock = threading.Lock()
+        self._last_silent_report = 0.0
+        self.learner: dict = {}
+        self.episodes = 0
+        self.env_steps = 0
+
+    def sender_for(self, kind: str) -> str:
+        return self.actor_id if kind == tp.KIND_DEMOS else self.incarnation
+
+    def on_params(self, sender: str, version: int, fmt: str, data) -> bool:
+        if fmt != tp.FORMAT_FLAX:
+            self.warn(f"actor: ignored params v{version} from {sender}: format {fmt!r}, expected {tp.FORMAT_FLAX!r}")
+            return False
+        if sender == self.params_from and version <= self.params_version:
+            return False
+        try:
+            agent = with_actor_params(self.agent, tp.decode_params(data))
+        except tp.TransportError as exc:
+            self.warn(f"actor: REJECTED params v{version} from {sender}: {exc}; acting on with v{self.params_version}")
+            return False
+        with self._lock:
+            self.agent = agent
+            first = self.params_received == 0 or sender != self.params_from
+            self.params_version, self.params_from = int(version), sender
+            self.params_received += 1
+        if first:
+            self.log(f"actor: acting with params v{version} from {sender}")
+        return True
+
+    def current_agent(self):
+        with self._lock:
+            return self.agent
+
+    def on_learner_heartbeat(self, hb: dict) -> Optional[float]:
+        """Acks from the learner's heartbeat; returns the silence it ended (s), if it had been reported."""
+        self.learner = hb
+        acks = hb.get("acks", {})
+        for kind in (tp.KIND_TRANSITIONS, tp.KIND_DEMOS):
+            self.outbox.ack(kind, acks.get(self.sender_for(kind), {}).get(kind))
+        return self.live.heard()
+
+    def watermarks(self) -> dict:
+        acks = self.learner.get("acks", {}) if self.live.alive else {}
+        return {k: acks.get(self.sender_for(k), {}).get(k) for k in (tp.KIND_TRANSITIONS, tp.KIND_DEMOS)}
+
+    def silence_message(self, now: Optional[float] = None) -> Optional[str]:
+        """The clear message while the learner is silent (first when it goes silent, then every silent_report_s)."""
+        now = time.monotonic() if now is None else now
+        s = self.live.silence()
+        if self.live.newly_silent() or (self.live.silent_reported and now - self._last_silent_report
+                                         >= self.silent_report_s):
+            self._last_silent_report = now
+            what = f"learner silent for {s:.1f} s" if s is not None else "no learner heard from yet"
+            return (f"{what}; acting with params v{self.params_version}; {self.outbox.pending()} chunk(s) kept for "
+                    f"resending ({self.outbox.bytes / 1e6:.1f} MB, {self.outbox.dropped} dropped)")
+        return None
+
+    def heartbeat(self) -> dict:
+        sender = self.sender_for(tp.KIND_TRANSITIONS)
+        return {"role": "actor", "id": self.actor_id, "incarnation": self.incarnation,
+                "floors": {sender: {tp.KIND_TRANSITIONS: self.outbox.floor(tp.KIND_TRANSITIONS)}},
+                "params_version": self.params_version, "params_from": self.params_from, "episodes": self.episodes,
+                "env_steps": self.env_steps,
+                "pending": self.outbox.pending(), "dropped": self.outbox.dropped, "resent": self.outbox.resent,
+                "learner_silent_s": self.live.silence(), "time": time.time()}
+
+
+class RosLatentEnv:
+    """The real robot (or the twin behind the robot node) seen like rl_agent.env.LatentEnv: latents from the policy
+    server's topic, actions through RobotClient, resets by the robot's reset service or the operator."""
+
+    def __init__(self, node, latent_shape, max_episode_steps: int = 100, rate_hz: float = 10.0,
+                 auto_reset: bool = True, stop: Optional[threading.Event] = None, log=print):
+        from irevla_interfaces.msg import Latent
+        from std_srvs.srv import Trigger
+
+        from robot_server import ros_interface as ri
+        from robot_server.client import RobotClient
+        from rl_agent.env import EpisodeTrace
+        self._trace_cls = EpisodeTrace
+        self.node, self.latent_shape = node, tuple(latent_shape)
+        self.max_episode_steps, self.dt = int(max_episode_steps), 1.0 / rate_hz if rate_hz > 0 else 0.1
+        self.auto_reset, self.stop, self.log = auto_reset, stop or threading.Event(), log
+        self.client = RobotClient(node)
+        self.keep_images = False  # the policy server publishes latents, not images: no harvest from here
+        self.trace = None
+        self.task, self.category = "", ""
+        self._cv = threading.Condition()
+        self._latest: Optional[tuple] = None  # (obs_id, obs, instruction, recv time)
+        self._start = threading.Event()
+        node.create_subscription(Latent, ri.TOPIC_POLICY_LATENTS, self._on_latent, ri.LATENT_QOS)
+        node.create_service(Trigger, f"{tp.NS}/start_episode", self._on_start)
+        self._steps = 0
+        self._last_id = -1
+
+    def _on_latent(self, msg) -> None:
+        shape = tuple(int(x) for x in msg.shape)
+        if shape != self.latent_shape:
+            self.node.get_logger().warning(f"latents of shape {shape}, this actor expects {self.latent_shape}: "
+                                           "is the policy server running the same VLA?", throttle_duration_sec=10.0)
+            return
+        lat = np.frombuffer(bytes(msg.data), "<f2").reshape(shape).astype(np.float32)
+        obs = {"latents": lat, "state": np.asarray(msg.state, np.float32)}
+        with self._cv:
+            self._latest = (int(msg.obs_id), obs, msg.instruction, time.monotonic())
+            self._cv.notify_all()
+
+    def _on_start(self, request, response):
+        self._start.set()
+        response.success, response.message = True, "episode starts"
+        return response
+
+    def _next_obs(self, after: float = 0.0, timeout: float = 5.0) -> tuple[dict, str]:
+        """The first latent newer than the last one used and received after `after` (monotonic time)."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while not self.stop.is_set():
+                if self._latest is not None and self._latest[0] > self._last_id and self._latest[3] >= after:
+                    self._last_id = self._latest[0]
+                    return self._latest[1], self._latest[2]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no new latents on the policy server's topic for {timeout:.0f} s "
+                                       "(is policy/server_node.py running with latents enabled?)")
+                self._cv.wait(min(left, 0.2))
+        raise InterruptedError("stopping")
+
+    def reset(self, seed: int):
+        ok, msg = self.client.call("reset")  # homes the arm (in the twin: also a new scene)
+        if not ok:
+            self.log(f"actor: robot reset failed ({msg}); continuing from where the robot is")
+        if not self.auto_reset:  # the real robot: a person puts the scene back
+            self._start.clear()
+            self.log(f"actor: reset the scene, then call {tp.NS}/start_episode (std_srvs/Trigger)")
+            while not self._start.wait(0.2):
+                if self.stop.is_set():
+                    raise InterruptedError("stopping")
+        obs, instruction = self._next_obs(after=time.monotonic())  # a frame of the reset scene
+        self._steps = 0
+        self.trace = self._trace_cls(self.task, instruction, int(seed), self.category)
+        self._t_last = time.monotonic()
+        return obs, {"instruction": instruction, "success": bool(self.client.success)}
+
+    def step(self, action, intervened: bool = False):
+        a = np.clip(np.asarray(action, np.float32), -1.0, 1.0)
+        wait = self._t_last + self.dt - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self.client.send_action(a)
+        self._t_last = time.monotonic()
+        # the next observation: a frame taken at least half a control period after the action went out
+        obs, _ = self._next_obs(after=self._t_last + 0.5 * self.dt)
+        self._steps += 1
+        success = bool(self.client.success)
+        self.trace.actions.append(a)
+        self.trace.rewards.append(float(success))
+        self.trace.intervened.append(bool(intervened))
+        truncated = self._steps >= self.max_episode_steps and not success
+        return obs, float(success), success, truncated, {"success": success}
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- ROS node
+def main(argv: Optional[list[str]] = None) -> int:
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.qos_event import SubscriptionEventCallbacks
+    from std_srvs.srv import Trigger
+
+    from robot_server.ros_main import init_with_stop_event
+
+    stop = init_with_stop_event(argv)
+    from irevla_interfaces.msg import Blob
+
+    node = Node("rl_actor", namespace="/irevla")
+    # One literal declare_parameter per parameter (tests/test_launch_params.py checks graphs against them).
+    p = {
+        "checkpoint": node.declare_parameter("checkpoint", "").value,
+        "task": node.declare_parameter("task", "pick_eggplant").value,
+        "task_file": node.declare_parameter("task_file", "").value,
+        "out_dir": node.declare_parameter("out_dir", "runs/rl_actor").value,
+        "config": node.declare_parameter("config", "").value,
+        "actor_id": node.declare_parameter("actor_id", "actor0").value,
+        "mode": node.declare_parameter("mode", "twin").value,
+        "seed": node.declare_parameter("seed", 0).value,
+        "demos": node.declare_parameter("demos", 20).value,
+        "demo_source": node.declare_parameter("demo_source", "vla").value,
+        "reward": node.declare_parameter("reward", "twin").value,
+        "classifier": node.declare_parameter("classifier", "").value,
+        "rate_hz": node.declare_parameter("rate_hz", 10.0).value,
+        "chunk_steps": node.declare_parameter("chunk_steps", 10).value,
+        "heartbeat_period_s": node.declare_parameter("heartbeat_period_s", 0.5).value,
+        "learner_timeout_s": node.declare_parameter("learner_timeout_s", 3.0).value,
+        "silent_report_s": node.declare_parameter("silent_report_s", 5.0).value,
+        "outbox_mb": node.declare_parameter("outbox_mb", 256).value,
+        "resend_after_s": node.declare_parameter("resend_after_s", 3.0).value,
+        "max_episodes": node.declare_parameter("max_episodes", 0).value,
+        "max_episode_steps": node.declare_parameter("max_episode_steps", 0).value,
+        "auto_reset": node.declare_parameter("auto_reset", True).value,
+        "image_size": node.declare_parameter("image_size", 0).value,
+        "intervention_device": node.declare_parameter("intervention_device", "").value,  # spacemouse | keyboard
+    }
+    logger = node.get_logger()
+    if not p["checkpoint"]:
+        logger.error("rl_actor: set the parameter checkpoint:=<stage-0 VLA checkpoint directory>")
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 2
+    if p["mode"] == "robot" and p["demo_source"] != "vla":
+        logger.warning(f"rl_actor: demo_source {p['demo_source']!r} needs the twin's scripted expert; on the robot the "
+                       "demos come from the VLA (demo_source vla)")
+        p["demo_source"] = "vla"
+    if p["mode"] not in ("twin", "robot"):
+        logger.error(f"rl_actor: mode must be twin or robot, got {p['mode']!r}")
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 2
+
+    from rl_agent.env import LatentEncoder, LatentEnv
+    from rl_agent.learner_node import build_agent, load_sac_overrides
+    from rl_agent.rewards import AnyOfReward, OperatorReward, RewardConfig, make_reward_source
+    from rl_agent.session import EpisodeRunner, agent_policy
+
+    agent, vla = build_agent(p["checkpoint"], load_sac_overrides(p["config"]), int(p["seed"]))
+    encoder = LatentEncoder(vla, torch_threads=1)
+    out = Path(p["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    core = ActorCore(agent, p["actor_id"], tp.Outbox(int(p["outbox_mb"]) << 20, float(p["resend_after_s"])),
+                     float(p["learner_timeout_s"]), float(p["silent_report_s"]), log=logger.info, warn=logger.warning)
+    data_qos, params_qos, hb_qos = tp.qos_profiles(float(p["heartbeat_period_s"]))
+    pub_data = node.create_publisher(Blob, tp.TOPIC_TRANSITIONS, data_qos)
+    pub_status = node.create_publisher(Blob, tp.TOPIC_ACTOR_STATUS, hb_qos)
+    hb_seq = [0]
+    send_lock = threading.Lock()
+
+    def blob(sender: str, kind: str, seq: int, fmt: str, data: bytes) -> Any:
+        m = Blob()
+        m.header.stamp = node.get_clock().now().to_msg()
+        m.sender, m.kind, m.seq, m.format = sender, kind, int(seq), fmt
+        m.data = data
+        return m
+
+    def send(kind: str, chunk: dict) -> None:
+        payload = tp.encode_chunk(chunk, {"params_version": core.params_version})
+        with send_lock:
+            seq = core.outbox.add(kind, payload)
+            pub_data.publish(blob(core.sender_for(kind), kind, seq, tp.FORMAT_NPZ, payload))
+
+    def on_params(msg) -> None:
+        core.on_params(msg.sender, msg.seq, msg.format, msg.data)
+
+    def on_learner_status(msg) -> None:
+        try:
+            hb = tp.decode_json(msg.data)
+        except tp.TransportError as exc:
+            logger.warning(f"bad learner heartbeat from {msg.sender}: {exc}")
+            return
+        with send_lock:
+            ended = core.on_learner_heartbeat(hb)
+        if ended is not None:
+            logger.info(f"learner {msg.sender} is back after {ended:.1f} s; resending {core.outbox.pending()} "
+                        "unacknowledged chunk(s)")
+
+    deadline_misses = [0]
+
+    def on_deadline(_event) -> None:
+        deadline_misses[0] += 1
+
+    node.create_subscription(Blob, tp.TOPIC_PARAMS, on_params, params_qos)
+    node.create_subscription(Blob, tp.TOPIC_LEARNER_STATUS, on_learner_status, hb_qos,
+                             event_callbacks=SubscriptionEventCallbacks(deadline=on_deadline))
+
+    def tick() -> None:
+        hb_seq[0] += 1
+        with send_lock:  # the outbox is shared with the acting loop and the heartbeat callback
+            hb = core.heartbeat()
+            hb["deadline_misses"] = deadline_misses[0]
+            msg = core.silence_message()
+            due = core.outbox.due(core.watermarks()) if core.live.alive else []
+            for item in due:
+                pub_data.publish(blob(core.sender_for(item.kind), item.kind, item.seq, tp.FORMAT_NPZ, item.payload))
+        pub_status.publish(blob(core.actor_id, tp.KIND_HEARTBEAT, hb_seq[0], tp.FORMAT_JSON, tp.encode_json(hb)))
+        if msg:
+            logger.warning(msg)
+
+    node.create_timer(float(p["heartbeat_period_s"]), tick)
+
+    # The configured success source, plus the operator's marks through the services (always available: on the
+    # real robot they are the reward; in the twin they let a person or a test end an episode).
+    operator = OperatorReward()
+    if p["reward"] == "operator":
+        reward = operator
+    else:
+        base = make_reward_source(RewardConfig(source=p["reward"], classifier_path=p["classifier"] or None))
+        reward = AnyOfReward([base, operator])
+
+    def marker(success: bool):
+        def handle(request, response):
+            operator.mark(success)
+            response.success, response.message = True, "marked " + ("success" if success else "failure")
+            logger.info(f"actor: operator marked {'success' if success else 'failure'}")
+            return response
+        return handle
+    node.create_service(Trigger, tp.SRV_MARK_SUCCESS, marker(True))
+    node.create_service(Trigger, tp.SRV_MARK_FAILURE, marker(False))
+
+    if p["mode"] == "twin":
+        env = LatentEnv(encoder, p["task"], task_files=[f for f in p["task_file"].split(",") if f],
+                        image_size=int(p["image_size"]) or None, keep_images=False,
+                        max_episode_steps=int(p["max_episode_steps"]) or None)
+    else:
+        env = RosLatentEnv(node, encoder.latent_shape, int(p["max_episode_steps"]) or 100, float(p["rate_hz"]),
+                           bool(p["auto_reset"]), stop, log=logger.info)
+    interventions = None
+    if p["intervention_device"]:
+        from rl_agent.interventions import InterventionConfig, make_interventions
+        from teleop.controller import TeleopConfig
+        interventions = make_interventions(InterventionConfig(enabled=True,
+                                                              teleop=TeleopConfig(device=p["intervention_device"])))
+        try:
+            interventions.open()
+        except Exception as exc:  # teleop.devices.DeviceError: no SpaceMouse, no terminal
+            logger.error(f"rl_actor: intervention device {p['intervention_device']!r}: {exc}")
+            env.close()
+            node.destroy_node()
+            rclpy.try_shutdown()
+            return 2
+    runner = EpisodeRunner(env, reward, interventions, agent.prepare_observations)
+
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    spinner = threading.Thread(target=lambda: _spin(executor, stop), name="rl_actor_spin", daemon=True)
+    spinner.start()
+    rng = np.random.default_rng(int(p["seed"]) + 1)
+    rate_hz = float(p["rate_hz"]) if p["mode"] == "twin" else 0.0  # robot mode paces itself in RosLatentEnv
+    code = 0
+    try:
+        _send_demos(core, runner, encoder, out, int(p["demos"]), p["demo_source"], int(p["seed"]), send, stop,
+                    logger.info)
+        builder = tp.ChunkBuilder(int(p["chunk_steps"]))
+        ep = 0
+        while not stop.is_set() and (int(p["max_episodes"]) <= 0 or ep < int(p["max_episodes"])):
+            t_next = [time.monotonic()]
+
+            def on_step(obs, a, verdict, next_obs, took):
+                core.env_steps += 1
+                chunk = builder.add(a, verdict.reward, next_obs, verdict.success, took)
+                if chunk is not None:
+                    send(tp.KIND_TRANSITIONS, chunk)
+                if rate_hz > 0:  # the contract's 10 Hz in wall-clock time
+                    t_next[0] += 1.0 / rate_hz
+                    delay = t_next[0] - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    else:
+                        t_next[0] = time.monotonic()
+
+            res = runner.run(int(p["seed"]) * 1_000_000 + ep, agent_policy(core.current_agent, False, rng),
+                             keep_images=False, on_reset=builder.start, on_step=on_step, should_stop=stop.is_set,
+                             allow_interventions=interventions is not None)
+            last = builder.flush()
+            if last is not None:
+                send(tp.KIND_TRANSITIONS, last)
+            ep += 1
+            core.episodes = ep
+            how = f"success ({res.trace.ended_by})" if res.trace.success else "failure"
+            took = f", {res.trace.interventions} intervention(s)" if interventions is not None else ""
+            logger.info(f"actor: episode {ep}: {how} in {len(res.actions)} steps (params v{core.params_version}, "
+                        f"pending {core.outbox.pending()}{took})")
+    except (KeyboardInterrupt, InterruptedError, ExternalShutdownException):
+        pass
+    except TimeoutError as exc:
+        logger.error(f"actor: {exc}")
+        code = 1
+    finally:
+        stop.set()
+        spinner.join(timeout=5)
+        env.close()
+        if interventions is not None:
+            interventions.close()
+        executor.shutdown(timeout_sec=2)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+def _spin(executor, stop: threading.Event) -> None:
+    from rclpy.executors import ExternalShutdownException
+    try:
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.1)
+    except ExternalShutdownException:
+        pass
+
+
+def _send_demos(core: ActorCore, runner, encoder, out: Path, count: int, source: str, seed: int, send, stop,
+                log) -> None:
+    """Collect the zero-shot demos once (kept in out/actor_demos as the exact chunks sent) and send them."""
+    from rl_agent.session import DemoConfig, collect_demos
+    store = out / "actor_demos"
+    files = sorted(store.glob("chunk_*.npz"))
+    if not files and count > 0:
+        store.mkdir(parents=True, exist_ok=True)
+        chunks: list[dict] = []
+
+        def on_demo(res, src, key):
+            builder = tp.ChunkBuilder(10_000)
+            builder.start(res.observations[0])
+            for i, a in enumerate(res.actions):
+                builder.add(a, float(res.rewards[i]), res.observations[i + 1], bool(res.dones[i]))
+            chunks.append(builder.flush())
+
+        stats = collect_demos(runner, encoder, DemoConfig(count=count, source=source), seed, on_demo,
+                              should_stop=stop.is_set)
+        for i, chunk in enumerate(chunks):
+            tmp = store / f".chunk_{i + 1:06d}.npz.tmp"
+            tmp.write_bytes(tp.encode_chunk(chunk))
+            tmp.rename(store / f"chunk_{i + 1:06d}.npz")
+        log(f"actor: {stats['total']} demos ({stats['vla']} VLA in {stats['vla_attempts']} attempts, "
+            f"{stats['expert']} expert)")
+        files = sorted(store.glob("chunk_*.npz"))
+    for f in files:
+        chunk, _ = tp.decode_chunk(f.read_bytes())
+        send(tp.KIND_DEMOS, chunk)
+    if files:
+        log(f"actor: sent {len(files)} demo episode(s)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

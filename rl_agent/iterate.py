@@ -1,0 +1,287 @@
+"""`irevla iterate`: Algorithm 1 of iRe-VLA as one resumable tool.
+
+    stage 0   supervised on the expert set (skipped when an SFT checkpoint is given)
+    for each task of the curriculum:
+      stage 1 online RL with the VLM frozen (rl_agent.session: SACfD on cached latents)
+      harvest the successful trajectories (expert-set format)
+      stage 2 supervised on expert data + everything harvested so far (LoRA + head trainable)
+      evaluate (expert / RL / unseen categories)
+
+One run directory holds everything: state.json (which stages are done; a restarted run skips them and resumes the
+one in progress), the expert set, per-task RL sessions and harvested datasets, checkpoints, evaluations, plots and
+results.md. Variants for the paper's comparisons: `irevla` (default), `freeze` (iRe-VLA-freeze: the VLM stays
+frozen in stage 2 too), `sft_only` (evaluate the SFT model only), `ppo_replay` (PPO on the whole VLA per task,
+then supervised replay of the expert data).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from policy.evaluate import EvalConfig, EvalReport, evaluate, markdown_table, plot_reports, summarize
+from teleop.config import from_dict, load_yaml, to_dict
+
+VARIANTS = ("irevla", "freeze", "sft_only", "ppo_replay")
+
+
+@dataclass
+class ExpertSetConfig:
+    path: Optional[str] = None  # an existing expert set; None: <run>/expert (collected there when missing)
+    episodes_per_task: int = 5
+    tasks: list[str] = field(default_factory=list)  # empty: every task of category "expert"
+    image_size: int = 96
+    cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
+    noise: float = 0.1
+    workers: int = 2
+
+
+@dataclass
+class IterateConfig:
+    variant: str = "irevla"
+    sft_checkpoint: Optional[str] = None  # None: stage 0 trains one from vla_config on the expert set
+    vla_config: str = "config/policy_tiny.yaml"
+    stage0: dict[str, Any] = field(default_factory=dict)  # policy.train.TrainConfig overrides
+    stage2: dict[str, Any] = field(default_factory=lambda: {"steps": 300})
+    stage2_rl_weight: float = 0.5  # share of harvested RL data in stage-2 batches (the rest: expert data)
+    curriculum: list[str] = field(default_factory=lambda: ["pick_eggplant"])
+    session_config: Optional[str] = "config/rl_session.yaml"
+    session: dict[str, Any] = field(default_factory=dict)  # rl_agent.session.SessionConfig overrides
+    ppo: dict[str, Any] = field(default_factory=dict)  # rl_agent.ppo.PPOConfig overrides (ppo_replay)
+    replay_steps: int = 300  # ppo_replay: supervised expert replay after each task
+    # Skip stage 2 for a task whose RL session harvested nothing: it would only re-fit the (possibly small) expert
+    # replay set, which can cost the model what it knew (seen in the main job with 3 episodes per task).
+    skip_stage2_without_harvest: bool = False
+    expert: ExpertSetConfig = field(default_factory=ExpertSetConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    evaluate_stage0: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if not 0.0 <= self.stage2_rl_weight < 1.0:
+            raise ValueError("stage2_rl_weight must be in [0, 1)")
+
+
+def _repo_path(p: str) -> Path:
+    """Config paths are relative to the working directory, else to the source tree / installed share dir."""
+    path = Path(p)
+    if path.is_absolute() or path.exists():
+        return path
+    from robot_server.config import shipped_config_path
+    if p.startswith("config/"):
+        found = shipped_config_path(p[len("config/"):])
+        if found:
+            return Path(found)
+    return Path(__file__).resolve().parent.parent / p
+
+
+class RunState:
+    """state.json of a run: completed stages and their outputs, written atomically after every stage."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "state.json"
+        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def get(self, key: str):
+        return self.data.get(key)
+
+    def set(self, key: str, value) -> None:
+        self.data[key] = value
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        os.replace(tmp, self.path)
+
+
+def _say(msg: str) -> None:
+    print(f"[iterate {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def ensure_expert_set(cfg: ExpertSetConfig, run_dir: Path, log=_say) -> Path:
+    from teleop.dataset import selected_entries
+    path = Path(cfg.path) if cfg.path else run_dir / "expert"
+    try:
+        n = len(selected_entries(path))
+    except Exception:
+        n = 0
+    if n > 0:
+        log(f"expert set: {path} ({n} successful episodes)")
+        return path
+    if cfg.path:
+        raise FileNotFoundError(f"expert set {path} has no successful episodes")
+    from sim_twin.tasks.registry import TaskRegistry
+    from teleop import collect
+    tasks = cfg.tasks or [n for n, t in TaskRegistry.load().tasks.items() if t.category == "expert"]
+    log(f"expert set: collecting {cfg.episodes_per_task} scripted episodes x {len(tasks)} tasks into {path}")
+    argv = ["--out", str(path), "--episodes-per-task", str(cfg.episodes_per_task), "--tasks", *tasks,
+            "--workers", str(cfg.workers), "--image-size", str(cfg.image_size), "--noise", str(cfg.noise),
+            "--cameras", *cfg.cameras]
+    rc = collect.main(argv)
+    if rc:
+        raise RuntimeError(f"expert collection failed (exit {rc})")
+    return path
+
+
+def _train(train_overrides: dict, init, datasets: list, mix: list[float], out: Path,
+           backbone_training: Optional[str]) -> Path:
+    from policy.train import TrainConfig, train_sft
+    d = dict(train_overrides)
+    if backbone_training is not None:
+        d["backbone_training"] = backbone_training
+    if mix:
+        d["mix"] = mix
+    cfg = TrainConfig.from_dict(d)
+    return Path(train_sft(cfg, init, [str(x) for x in datasets], out, resume=True))
+
+
+def stage0(cfg: IterateConfig, run_dir: Path, expert: Path, state: RunState) -> str:
+    if cfg.sft_checkpoint:
+        return cfg.sft_checkpoint
+    if state.get("stage0"):
+        return state.get("stage0")
+    from policy.config import VLAConfig
+    from policy.train import TrainConfig
+    vla_yaml = _repo_path(cfg.vla_config)
+    vcfg = VLAConfig.from_yaml(vla_yaml, "vla") if "vla:" in vla_yaml.read_text() else VLAConfig.from_yaml(vla_yaml)
+    base = to_dict(TrainConfig.from_yaml(vla_yaml)) if "train:" in vla_yaml.read_text() else {}
+    base.update(cfg.stage0)
+    _say(f"stage 0: supervised on {expert} ({base.get('steps')} steps)")
+    ckpt = _train(base, vcfg, [expert], [], run_dir / "stage0", None)
+    state.set("stage0", str(ckpt))
+    return str(ckpt)
+
+
+def stage1(cfg: IterateConfig, run_dir: Path, ckpt: str, task: str) -> dict:
+    from rl_agent.session import SessionConfig, run_session
+    base = {}
+    if cfg.session_config:
+        import yaml
+        doc = yaml.safe_load(_repo_path(cfg.session_config).read_text()) or {}
+        base = dict(doc.get("session", doc))
+    base.update(cfg.session)
+    base["task"] = task
+    scfg = SessionConfig.from_dict(base)
+    out = run_dir / "tasks" / task / "rl"
+    _say(f"stage 1: RL on {task} from {ckpt} (VLM frozen) -> {out}")
+    return run_session(scfg, ckpt, out)
+
+
+def stage2(cfg: IterateConfig, run_dir: Path, ckpt: str, expert: Path, harvested: list[str], task: str) -> str:
+    n_rl = len(harvested)
+    mix = [1.0 - cfg.stage2_rl_weight] + [cfg.stage2_rl_weight / n_rl] * n_rl if n_rl else []
+    mode = "frozen" if cfg.variant == "freeze" else "lora"
+    _say(f"stage 2: supervised on expert + {n_rl} harvested set(s), VLM {mode}")
+    return str(_train(cfg.stage2, ckpt, [expert, *harvested], mix, run_dir / "tasks" / task / "stage2", mode))
+
+
+def evaluate_stage(cfg: IterateConfig, run_dir: Path, ckpt: str, label: str, state: RunState) -> EvalReport:
+    key = f"eval:{label}"
+    out = run_dir / "eval" / label
+    if state.get(key) and (out / "episodes.json").exists():
+        return summarize(json.loads((out / "episodes.json").read_text()), label)
+    _say(f"evaluate {label}: {ckpt}")
+    report = evaluate(ckpt, cfg.evaluation, out, label)
+    state.set(key, str(out))
+    return report
+
+
+def _has_successes(path: Optional[str]) -> bool:
+    if not path:
+        return False
+    from teleop.dataset import selected_entries
+    try:
+        return len(selected_entries(path)) > 0
+    except Exception:
+        return False
+
+
+def run_iterate(cfg: IterateConfig, run_dir: Path) -> list[EvalReport]:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "iterate_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    state = RunState(run_dir)
+    expert = ensure_expert_set(cfg.expert, run_dir)
+    ckpt = stage0(cfg, run_dir, expert, state)
+    reports = []
+    if cfg.evaluate_stage0 or cfg.variant == "sft_only":
+        reports.append(evaluate_stage(cfg, run_dir, ckpt, "sft", state))
+    if cfg.variant != "sft_only":
+        harvested: list[str] = list(state.get("harvested") or [])
+        for task in cfg.curriculum:
+            done = state.get(f"task:{task}")
+            if done:
+                ckpt = done
+            elif cfg.variant == "ppo_replay":
+                from rl_agent.ppo import PPOConfig, run_ppo
+                pcfg = from_dict(PPOConfig, cfg.ppo)
+                _say(f"PPO on the whole VLA: {task}")
+                res = run_ppo(ckpt, task, pcfg, run_dir / "tasks" / task / "ppo")
+                _say("expert replay (supervised on the expert set)")
+                ckpt = str(_train(dict(cfg.stage2, steps=cfg.replay_steps), res["checkpoint"], [expert], [],
+                                  run_dir / "tasks" / task / "replay", "lora"))
+                state.set(f"task:{task}", ckpt)
+            else:
+                summary = stage1(cfg, run_dir, ckpt, task)
+                state.set(f"rl:{task}", summary)
+                h = summary.get("harvest_dir")
+                new_data = _has_successes(h) and h not in harvested
+                if new_data:
+                    harvested.append(h)
+                    state.set("harvested", harvested)
+                if new_data or not cfg.skip_stage2_without_harvest:
+                    ckpt = stage2(cfg, run_dir, ckpt, expert, harvested, task)
+                else:
+                    _say(f"stage 2 skipped: the RL session on {task} harvested no successful episode")
+                state.set(f"task:{task}", ckpt)
+            reports.append(evaluate_stage(cfg, run_dir, ckpt, f"after_{task}", state))
+    write_results(reports, run_dir, cfg)
+    return reports
+
+
+def write_results(reports: list[EvalReport], run_dir: Path, cfg: IterateConfig) -> None:
+    if not reports:
+        return
+    md = [f"# irevla iterate ({cfg.variant})", "", "## Success per category", "",
+          markdown_table(reports, "category"), "", "## Success per task", "", markdown_table(reports, "task"), ""]
+    (run_dir / "results.md").write_text("\n".join(md))
+    plot_reports(reports, run_dir / "success_by_category.png", "category")
+    plot_reports(reports, run_dir / "success_by_task.png", "task")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="irevla iterate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=None, help="IterateConfig YAML (default config/iterate.yaml)")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--variant", choices=VARIANTS)
+    p.add_argument("--sft-checkpoint", help="skip stage 0: start from this VLA checkpoint")
+    p.add_argument("--tasks", nargs="+", help="curriculum (RL-category tasks)")
+    p.add_argument("--rl-minutes", type=float, help="RL session budget per task")
+    p.add_argument("--seeds", help="evaluation seeds ('0-19' or a count)")
+    args = p.parse_args(argv)
+    cfg_path = _repo_path(args.config or "config/iterate.yaml")
+    cfg = load_yaml(IterateConfig, cfg_path) if cfg_path.exists() else IterateConfig()
+    if args.variant:
+        cfg.variant = args.variant
+    if args.sft_checkpoint:
+        cfg.sft_checkpoint = args.sft_checkpoint
+    if args.tasks:
+        cfg.curriculum = args.tasks
+    if args.rl_minutes is not None:
+        cfg.session["minutes"] = args.rl_minutes
+    if args.seeds:
+        from policy.evaluate import parse_seeds
+        cfg.evaluation.seeds = parse_seeds(args.seeds)
+    reports = run_iterate(cfg, Path(args.run_dir))
+    print(markdown_table(reports, "category"))
+    print(f"results: {Path(args.run_dir) / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

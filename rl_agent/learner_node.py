@@ -1,0 +1,390 @@
+"""The RL learner as a ROS 2 node (`rl_learner`): takes transition chunks from actors, trains the SACfD agent as fast
+as it can on 50/50 demo/online batches, pushes the actor's parameters every `push_every` updates.
+
+    rl_learner --ros-args -p checkpoint:=runs/stage0 -p out_dir:=runs/learner [-p push_every:=50 ...]
+
+`LearnerCore` is the pure part (no ROS; tests drive it directly): ingest (dedup via transport.Inbox, validation,
+NaN rejection with a clear log line), training step, parameter payloads, heartbeat content, checkpoints (agent,
+buffers, inbox watermarks, counters; resumed on restart). The node: a subscription queues raw messages, one
+training thread ingests and updates, a timer publishes the heartbeat (acks) and reports silent actors.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from rl_agent import transport as tp
+
+
+@dataclass
+class LearnerConfig:
+    push_every: int = 50  # updates between parameter pushes (SERL: 30-50)
+    learning_starts: int = 100  # online transitions before the first update
+    max_updates_per_transition: float = 0.0  # 0 = as fast as possible (SERL); else cap the update-to-data ratio
+    online_capacity: int = 200_000
+    demo_capacity: int = 20_000
+    checkpoint_every_updates: int = 2000
+    checkpoint_every_minutes: float = 3.0
+    seed: int = 0
+
+
+def actor_params_of(agent) -> Any:
+    """The part of the agent an actor needs to act: the actor network's parameters (numpy)."""
+    import jax
+    return jax.device_get(agent.actor.params)
+
+
+def with_actor_params(agent, params: Any):
+    """`agent` with the actor network's parameters replaced (validated: same names and shapes, finite)."""
+    import jax
+    import jax.numpy as jnp
+    from flax.traverse_util import flatten_dict, unflatten_dict
+    ref = flatten_dict(jax.device_get(agent.actor.params), sep="/")
+    got = flatten_dict(params, sep="/")
+    if set(ref) != set(got):
+        raise tp.TransportError(f"params do not fit this actor (missing {sorted(set(ref) - set(got))[:4]}, "
+                                f"unexpected {sorted(set(got) - set(ref))[:4]}): a different VLA head or SAC config?")
+    out = {}
+    for k, v in got.items():
+        v = np.asarray(v, np.float32)
+        if v.shape != ref[k].shape:
+            raise tp.TransportError(f"params {k}: shape {v.shape}, this actor has {ref[k].shape}")
+        if not np.isfinite(v).all():
+            raise tp.TransportError(f"params {k} contain NaN/inf")
+        out[k] = jnp.asarray(v)
+    return agent.replace(actor=agent.actor.replace(params=unflatten_dict(out, sep="/")))
+
+
+class LearnerCore:
+    def __init__(self, agent, make_buffer: Callable[[int], Any], cfg: LearnerConfig, out_dir: Optional[Path] = None,
+                 log: Callable[[str], None] = print):
+        from rl_agent.session import CheckpointStore
+        self.agent, self.cfg, self.log = agent, cfg, log
+        self.online, self.demo = make_buffer(cfg.online_capacity), make_buffer(cfg.demo_capacity)
+        self.inbox = tp.Inbox()
+        self.rng = np.random.default_rng(cfg.seed)
+        self.lock = threading.Lock()  # buffers: ingest (ROS thread or trainer) vs sample
+        self.updates = 0
+        self.params_version = 0
+        self.rejected = 0
+        self.received = {"transitions": 0, "demos": 0}
+        self.last_info: dict = {}
+        self.store = CheckpointStore(Path(out_dir) / "checkpoints") if out_dir is not None else None
+        self._ckpt_at = (time.monotonic(), 0)
+        self.batch_size = agent.config.update_batch_size
+        self.latent_shape = tuple(agent.stored_latent_shape)
+
+    # ------------------------------------------------------------------ data in
+    def ingest(self, sender: str, kind: str, seq: int, fmt: str, data) -> bool:
+        """One Blob from an actor. Returns True if it was new and stored."""
+        if kind not in (tp.KIND_TRANSITIONS, tp.KIND_DEMOS):
+            self.log(f"learner: ignored a Blob of kind {kind!r} from {sender} (expected transitions or demos)")
+            return False
+        if not self.inbox.accept(sender, kind, seq):
+            return False  # a resend of something already taken
+        try:
+            if fmt != tp.FORMAT_NPZ:
+                raise tp.TransportError(f"format {fmt!r}, expected {tp.FORMAT_NPZ!r}")
+            chunk, _ = tp.decode_chunk(data, self.latent_shape)
+        except tp.TransportError as exc:
+            # Taken (acknowledged) anyway: a bad chunk never becomes good by resending it.
+            self.rejected += 1
+            self.log(f"learner: REJECTED {kind} chunk seq {seq} from {sender}: {exc} (nothing stored; "
+                     f"{self.rejected} rejected so far)")
+            return False
+        obs = tp.chunk_observations(chunk)
+        with self.lock:
+            target = self.demo if kind == tp.KIND_DEMOS else self.online
+            target.insert_episode(obs, chunk["actions"], chunk["rewards"], chunk["dones"])
+            if kind == tp.KIND_TRANSITIONS and chunk["intervened"].any():
+                # HIL-SERL: human takeovers go into the demo buffer too (each run of intervened steps)
+                flags = chunk["intervened"]
+                i = 0
+                while i < len(flags):
+                    if not flags[i]:
+                        i += 1
+                        continue
+                    j = i
+                    while j < len(flags) and flags[j]:
+                        j += 1
+                    self.demo.insert_episode(obs[i:j + 1], chunk["actions"][i:j], chunk["rewards"][i:j],
+                                             chunk["dones"][i:j])
+                    i = j
+        self.received[kind] += len(chunk["actions"])
+        return True
+
+    # ------------------------------------------------------------------ training
+    def ready(self) -> bool:
+        return len(self.demo) + len(self.online) > 0 and len(self.online) >= self.cfg.learning_starts
+
+    def train_step(self) -> bool:
+        """One update if there is data (and the UTD cap allows); True if it updated."""
+        from rl_agent.buffers import sample_mixed
+        if not self.ready():
+            return False
+        cap = self.cfg.max_updates_per_transition
+        if cap > 0 and self.updates >= cap * max(self.received["transitions"], 1):
+            return False
+        with self.lock:
+            batch = sample_mixed(self.demo, self.online, self.batch_size, self.rng)
+        self.agent, self.last_info = self.agent.update(batch)
+        self.updates += 1
+        return True
+
+    def due_push(self) -> bool:
+        return self.updates > 0 and self.updates % self.cfg.push_every == 0
+
+    def params_payload(self) -> tuple[int, bytes]:
+        self.params_version += 1
+        return self.params_version, tp.encode_params(actor_params_of(self.agent))
+
+    def heartbeat(self, learner_id: str) -> dict:
+        return {"role": "learner", "id": learner_id, "acks": self.inbox.watermarks(), "updates": self.updates,
+                "latent_shape": list(self.latent_shape),
+                "params_version": self.params_version, "online": len(self.online), "demo": len(self.demo),
+                "rejected": self.rejected, "received": dict(self.received), "time": time.time()}
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_due(self) -> bool:
+        t, u = self._ckpt_at
+        return self.store is not None and (self.updates - u >= self.cfg.checkpoint_every_updates
+                                           or time.monotonic() - t >= 60 * self.cfg.checkpoint_every_minutes)
+
+    def save_checkpoint(self) -> Optional[Path]:
+        from rl_agent.session import write_learner_files
+        if self.store is None:
+            return None
+        with self.lock:
+            agent = self.agent
+
+            state = {"updates": self.updates, "params_version": self.params_version, "inbox": self.inbox.state_dict(),
+                     "received": self.received, "rejected": self.rejected}
+            path = self.store.save(lambda d: write_learner_files(d, agent, self.online, self.demo), state)
+        self._ckpt_at = (time.monotonic(), self.updates)
+        return path
+
+    def restore(self) -> bool:
+        from rl_agent.session import read_learner_files
+        path = self.store.latest() if self.store is not None else None
+        if path is None:
+            return False
+        state = json.loads((path / "state.json").read_text())
+        self.agent, self.online, self.demo = read_learner_files(path, self.agent)
+        self.inbox.load_state_dict(state["inbox"])
+        self.updates, self.params_version = int(state["updates"]), int(state["params_version"])
+        self.received, self.rejected = dict(state["received"]), int(state["rejected"])
+        self._ckpt_at = (time.monotonic(), self.updates)
+        self.log(f"learner: resumed from {path}: {self.updates} updates, params v{self.params_version}, "
+                 f"online {len(self.online)}, demo {len(self.demo)}")
+        return True
+
+
+def load_head(checkpoint: str):
+    """(torch ActionHead, latent shape (N, d)) of a VLA checkpoint, without building the VLM (the learner needs only
+    the head to start its actor from)."""
+    import json as _json
+
+    from safetensors.torch import load_file
+
+    from policy.config import VLAConfig
+    from policy.heads import ActionHead
+    d = Path(checkpoint)
+    if not (d / "vla_config.yaml").is_file():
+        raise FileNotFoundError(f"{d}: not a VLA checkpoint (no vla_config.yaml)")
+    cfg = VLAConfig.from_yaml(d / "vla_config.yaml")
+    meta = _json.loads((d / "meta.json").read_text())
+    head = ActionHead(int(meta["latent_dim"]), cfg.head)
+    head.load_state_dict(load_file(str(d / "head.safetensors")))
+    return head.eval(), (int(meta["num_latent_tokens"]), int(meta["latent_dim"]))
+
+
+def build_agent(checkpoint: str, sac_overrides: Optional[dict] = None, seed: int = 0, with_vla: bool = True):
+    """The SACfD agent for a stage-0 VLA checkpoint (actor = its head), and the VLA (None unless with_vla)."""
+    from rl_agent.agent import SACAgent
+    from rl_agent.bridge import head_to_flax
+    from rl_agent.config import SACConfig
+    from rl_agent.session import enable_compilation_cache
+    enable_compilation_cache()
+    if with_vla:
+        from policy.model import load_vla
+        vla = load_vla(checkpoint)
+        head, shape = vla.head, (int(vla.num_latent_tokens), int(vla.latent_dim))
+    else:
+        vla = None
+        head, shape = load_head(checkpoint)
+    base = SACConfig.from_head_config(head.cfg).to_dict()
+    base.update(sac_overrides or {})
+    agent = SACAgent.create(seed, shape, config=SACConfig.from_dict(base), actor_head=head_to_flax(head))
+    return agent, vla
+
+
+def load_sac_overrides(path: str) -> dict:
+    """The `sac:` section of a session YAML (config/rl_session.yaml layout), {} when empty."""
+    if not path:
+        return {}
+    import yaml
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f) or {}
+    return dict(doc.get("session", doc).get("sac", {}) or {})
+
+
+# ---------------------------------------------------------------------------------------------- ROS node
+def main(argv: Optional[list[str]] = None) -> int:
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.qos_event import SubscriptionEventCallbacks
+
+    from robot_server.ros_main import init_with_stop_event
+
+    stop = init_with_stop_event(argv)
+    from irevla_interfaces.msg import Blob
+
+    node = Node("rl_learner", namespace="/irevla")
+    # One literal declare_parameter per parameter (tests/test_launch_params.py checks graphs against them).
+    p = {
+        "checkpoint": node.declare_parameter("checkpoint", "").value,
+        "out_dir": node.declare_parameter("out_dir", "runs/rl_learner").value,
+        "config": node.declare_parameter("config", "").value,
+        "learner_id": node.declare_parameter("learner_id", "").value,
+        "push_every": node.declare_parameter("push_every", 50).value,
+        "learning_starts": node.declare_parameter("learning_starts", 100).value,
+        "max_updates_per_transition": node.declare_parameter("max_updates_per_transition", 0.0).value,
+        "heartbeat_period_s": node.declare_parameter("heartbeat_period_s", 0.5).value,
+        "actor_timeout_s": node.declare_parameter("actor_timeout_s", 3.0).value,
+        "checkpoint_every_updates": node.declare_parameter("checkpoint_every_updates", 2000).value,
+        "checkpoint_every_minutes": node.declare_parameter("checkpoint_every_minutes", 3.0).value,
+        "seed": node.declare_parameter("seed", 0).value,
+    }
+    log = node.get_logger().info
+    if not p["checkpoint"]:
+        node.get_logger().error("rl_learner: set the parameter checkpoint:=<stage-0 VLA checkpoint directory>")
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 2
+    learner_id = p["learner_id"] or f"learner-{uuid.uuid4().hex[:6]}"
+    cfg = LearnerConfig(push_every=int(p["push_every"]), learning_starts=int(p["learning_starts"]),
+                        max_updates_per_transition=float(p["max_updates_per_transition"]),
+                        checkpoint_every_updates=int(p["checkpoint_every_updates"]),
+                        checkpoint_every_minutes=float(p["checkpoint_every_minutes"]), seed=int(p["seed"]))
+    agent, _ = build_agent(p["checkpoint"], load_sac_overrides(p["config"]), cfg.seed, with_vla=False)
+    from rl_agent.buffers import LatentReplayBuffer
+    shape = tuple(agent.stored_latent_shape)
+    core = LearnerCore(agent, lambda cap: LatentReplayBuffer(cap, shape), cfg, Path(p["out_dir"]), log=log)
+    core.restore()
+
+    data_qos, params_qos, hb_qos = tp.qos_profiles(float(p["heartbeat_period_s"]))
+    inbox_msgs: deque = deque()
+    wake = threading.Event()
+
+    def on_blob(msg) -> None:
+        inbox_msgs.append(msg)
+        wake.set()
+
+    actors: dict[str, tp.Liveness] = {}
+    deadline_misses = [0]
+
+    def on_actor_status(msg) -> None:
+        try:
+            hb = tp.decode_json(msg.data)
+        except tp.TransportError as exc:
+            node.get_logger().warning(f"bad actor heartbeat from {msg.sender}: {exc}")
+            return
+        live = actors.get(msg.sender)
+        if live is None:
+            live = actors[msg.sender] = tp.Liveness(float(p["actor_timeout_s"]))
+            log(f"actor {msg.sender} connected (acting with params v{hb.get('params_version')})")
+        ended = live.heard()
+        if ended is not None:
+            log(f"actor {msg.sender} is back after {ended:.1f} s of silence")
+        for sender, kinds in (hb.get("floors") or {}).items():
+            for kind, floor in kinds.items():
+                if kind == tp.KIND_TRANSITIONS and isinstance(floor, int):
+                    core.inbox.skip_to(sender, kind, floor)
+
+    def on_deadline(_event) -> None:  # QoS deadline: no actor heartbeat within 4 periods (the timer reports it)
+        deadline_misses[0] += 1
+
+    node.create_subscription(Blob, tp.TOPIC_TRANSITIONS, on_blob, data_qos)
+    node.create_subscription(Blob, tp.TOPIC_ACTOR_STATUS, on_actor_status, hb_qos,
+                             event_callbacks=SubscriptionEventCallbacks(deadline=on_deadline))
+    pub_params = node.create_publisher(Blob, tp.TOPIC_PARAMS, params_qos)
+    pub_status = node.create_publisher(Blob, tp.TOPIC_LEARNER_STATUS, hb_qos)
+    hb_seq = [0]
+
+    def blob(kind: str, seq: int, fmt: str, data: bytes) -> Any:
+        m = Blob()
+        m.header.stamp = node.get_clock().now().to_msg()
+        m.sender, m.kind, m.seq, m.format = learner_id, kind, int(seq), fmt
+        m.data = data
+        return m
+
+    def heartbeat() -> None:
+        hb_seq[0] += 1
+        hb = core.heartbeat(learner_id)
+        hb["deadline_misses"] = deadline_misses[0]
+        pub_status.publish(blob(tp.KIND_HEARTBEAT, hb_seq[0], tp.FORMAT_JSON, tp.encode_json(hb)))
+        for sender, live in actors.items():
+            if live.newly_silent():
+                node.get_logger().warning(f"actor {sender} silent for {live.silence():.1f} s; training on with "
+                                          f"{len(core.online)} online / {len(core.demo)} demo transitions")
+
+    node.create_timer(float(p["heartbeat_period_s"]), heartbeat)
+
+    def train_loop() -> None:
+        last_report = time.monotonic()
+        u0 = core.updates
+        while not stop.is_set():
+            while inbox_msgs:
+                m = inbox_msgs.popleft()
+                core.ingest(m.sender, m.kind, m.seq, m.format, m.data)
+            if not core.train_step():
+                wake.wait(0.05)
+                wake.clear()
+                continue
+            if core.due_push():
+                version, data = core.params_payload()
+                pub_params.publish(blob(tp.KIND_PARAMS, version, tp.FORMAT_FLAX, data))
+            if core.checkpoint_due():
+                core.save_checkpoint()
+            now = time.monotonic()
+            if now - last_report >= 10.0:
+                log(f"learner: {core.updates} updates ({(core.updates - u0) / (now - last_report):.1f}/s), params "
+                    f"v{core.params_version}, online {len(core.online)}, demo {len(core.demo)}, "
+                    f"received {core.received}, rejected {core.rejected}")
+                last_report, u0 = now, core.updates
+
+    trainer = threading.Thread(target=train_loop, name="rl_learner_train", daemon=True)
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    log(f"rl_learner {learner_id}: up; latents {core.latent_shape}, batch {core.batch_size}, push every "
+        f"{cfg.push_every} updates")
+    trainer.start()
+    try:
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        stop.set()
+        trainer.join(timeout=30)
+        try:
+            core.save_checkpoint()
+        except Exception as exc:  # a failed final checkpoint must not hide the shutdown
+            print(f"rl_learner: final checkpoint failed: {exc}")
+        executor.shutdown(timeout_sec=2)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""PPO on the whole VLA: the paper's "standard RL" baseline (PPO-Replay = this + expert replay after each task).
+
+Unlike iRe-VLA's stage 1, nothing is frozen: every minibatch re-encodes its images through the VLM, and the policy
+gradient flows into the LoRA adapter (or the whole tiny backbone) as well as the head. The paper reports that this
+is unstable and degrades the tasks the model already knew; this module exists to measure that on the twin.
+
+Policy: a Gaussian around the VLA head's action (contract units) with a learned per-dimension log-std; the env gets
+the sample clipped to [-1, 1]. Value: a separate head (token learner + MLP -> 1) on the same latents.
+Reward: the task's binary success at the step it happens (the episode ends there).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from policy.evaluate import policy_state
+from policy.heads import ActionHead
+
+
+@dataclass
+class PPOConfig:
+    iterations: int = 10
+    episodes_per_iteration: int = 6
+    minutes: Optional[float] = None  # wall-clock budget; stops after the iteration that crosses it
+    max_steps: Optional[int] = None  # per episode (default: the task's)
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip: float = 0.2
+    epochs: int = 3
+    minibatch: int = 64
+    lr: float = 1e-4
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    init_log_std: float = -1.0
+    max_grad_norm: float = 1.0
+    image_size: int = 96
+    seed: int = 0
+    backbone_training: str = "lora"  # the full VLA trains ("lora" on a pretrained backbone, "full" on a tiny one)
+
+
+class PPOModel(nn.Module):
+    def __init__(self, vla, init_log_std: float):
+        super().__init__()
+        self.vla = vla
+        self.log_std = nn.Parameter(torch.full((vla.head.cfg.action_dim,), float(init_log_std)))
+        self.value = ActionHead(vla.latent_dim, vla.cfg.head, out_dim=1)
+        self.value.state_mean.copy_(vla.head.state_mean)
+        self.value.state_std.copy_(vla.head.state_std)
+
+    def dist_value(self, images, instructions, state):
+        latents = self.vla.encode(images, instructions)
+        state_t = torch.as_tensor(state, dtype=torch.float32)
+        mean = self.vla.head(latents, state_t)
+        value = self.value.forward_normalized(latents, state_t).squeeze(-1)
+        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean)), value
+
+
+def _rollouts(env, model, task, n, seed0, rng, max_steps, cameras):
+    """n episodes with the current stochastic policy -> flat arrays + per-episode successes."""
+    buf = {"images": [], "state": [], "instr": [], "u": [], "logp": [], "value": [], "reward": [], "done": []}
+    successes = []
+    for k in range(n):
+        obs, info = env.reset(seed=int(seed0 + k), options={"task": task})
+        instr = info["instruction"]
+        limit = max_steps or env.twin.task.max_steps
+        for t in range(limit):
+            images = np.stack([obs["images"][c] for c in cameras])[None]
+            st = policy_state(obs["state"])[None]
+            with torch.no_grad():
+                dist, value = model.dist_value(images, [instr], st)
+                u = dist.mean + dist.stddev * torch.as_tensor(rng.standard_normal(dist.mean.shape),
+                                                              dtype=torch.float32)
+                logp = dist.log_prob(u).sum(-1)
+            obs, _, success, truncated, info = env.step(np.clip(u[0].numpy(), -1.0, 1.0))
+            done = bool(success) or t == limit - 1
+            for key, v in (("images", images[0]), ("state", st[0]), ("instr", instr), ("u", u[0].numpy()),
+                           ("logp", float(logp)), ("value", float(value)), ("reward", float(success)),
+                           ("done", done)):
+                buf[key].append(v)
+            if done:
+                successes.append(bool(success))
+                break
+    return {k: (v if k == "instr" else np.asarray(v)) for k, v in buf.items()}, successes
+
+
+def _gae(rewards, values, dones, gamma, lam):
+    adv = np.zeros_like(rewards)
+    last = 0.0
+    for t in reversed(range(len(rewards))):
+        nonterminal = 0.0 if dones[t] else 1.0
+        next_value = values[t + 1] if t + 1 < len(rewards) and not dones[t] else 0.0
+        delta = rewards[t] + gamma * next_value * nonterminal - values[t]
+        last = delta + gamma * lam * nonterminal * last
+        adv[t] = last
+    return adv, adv + values
+
+
+def run_ppo(checkpoint: str, task: str, cfg: PPOConfig, out_dir: Path, progress: bool = True) -> dict:
+    """PPO on the whole VLA for one task; writes out_dir/checkpoint (a VLA checkpoint) and ppo_log.json."""
+    from tqdm import tqdm
+
+    from policy.model import load_vla
+    from robot_server.gym_env import TwinEnv
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    vla = load_vla(checkpoint, trainable=True, backbone_training=cfg.backbone_training)
+    vla.train()
+    model = PPOModel(vla, cfg.init_log_std)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    cameras = list(vla.cfg.cameras)
+    env = TwinEnv(task=task, cameras=tuple(cameras), image_size=cfg.image_size)
+    log, t0 = [], time.perf_counter()
+    bar = tqdm(range(cfg.iterations), desc=f"PPO {task}", unit="it", disable=not progress, file=sys.stdout)
+    try:
+        for it in bar:
+            data, succ = _rollouts(env, model, task, cfg.episodes_per_iteration,
+                                   1_000_000 + it * cfg.episodes_per_iteration, rng, cfg.max_steps, cameras)
+            adv, ret = _gae(data["reward"], data["value"], data["done"], cfg.gamma, cfg.gae_lambda)
+            adv_n = (adv - adv.mean()) / (adv.std() + 1e-8)
+            n = len(adv)
+            stats = []
+            for _ in range(cfg.epochs):
+                perm = rng.permutation(n)
+                for s in range(0, n, cfg.minibatch):
+                    idx = perm[s:s + cfg.minibatch]
+                    dist, value = model.dist_value(data["images"][idx], [data["instr"][i] for i in idx],
+                                                   data["state"][idx])
+                    logp = dist.log_prob(torch.as_tensor(data["u"][idx], dtype=torch.float32)).sum(-1)
+                    ratio = (logp - torch.as_tensor(data["logp"][idx], dtype=torch.float32)).exp()
+                    a = torch.as_tensor(adv_n[idx], dtype=torch.float32)
+                    pg = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a).mean()
+                    vloss = ((value - torch.as_tensor(ret[idx], dtype=torch.float32)) ** 2).mean()
+                    loss = pg + cfg.value_coef * vloss - cfg.entropy_coef * dist.entropy().sum(-1).mean()
+                    opt.zero_grad()
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    opt.step()
+                    stats.append([pg.item(), vloss.item()])
+            row = {"iteration": it, "success": float(np.mean(succ)), "steps": int(n),
+                   "policy_loss": float(np.mean([s[0] for s in stats])),
+                   "value_loss": float(np.mean([s[1] for s in stats])),
+                   "log_std": model.log_std.detach().tolist(), "elapsed_s": time.perf_counter() - t0}
+            log.append(row)
+            bar.set_postfix(success=f"{row['success']:.2f}", steps=n)
+            if cfg.minutes is not None and row["elapsed_s"] > cfg.minutes * 60:
+                break
+    finally:
+        env.close()
+        bar.close()
+    vla.eval()
+    ckpt = vla.save(out_dir / "checkpoint", extra_meta={"stage": "ppo", "task": task})
+    (out_dir / "ppo_log.json").write_text(json.dumps(log, indent=1))
+    return {"checkpoint": str(ckpt), "log": log}
