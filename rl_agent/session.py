@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
-from rl_agent.harvest import Harvester
+from rl_agent.harvest import Harvester, relabel_with_policy_mean
 from rl_agent.interventions import InterventionConfig, make_interventions
 from rl_agent.rewards import RewardConfig, make_reward_source
 from teleop.config import from_dict, load_yaml, to_dict
@@ -112,6 +112,15 @@ class HarvestConfig:
     # rl: successful RL episodes; vla_demo: the zero-shot VLA's successful demos; expert_demo: scripted top-ups
     # (off by default: the RL task has no expert data in iRe-VLA).
     sources: list[str] = field(default_factory=lambda: ["rl", "vla_demo"])
+    # Labels of RL episodes for stage 2: the executed, exploration-noised action (executed, what the paper
+    # replays) or the actor's deterministic action at each visited state (policy_mean). rl_agent/harvest.py and the
+    # README give the measured trade-off.
+    action_label: str = "executed"
+
+    def __post_init__(self):
+        from rl_agent.harvest import ACTION_LABELS
+        if self.action_label not in ACTION_LABELS:
+            raise ValueError(f"harvest.action_label must be one of {ACTION_LABELS}, got {self.action_label!r}")
 
 
 @dataclass
@@ -613,7 +622,7 @@ class Session:
                 st["safety_stops"] = st.get("safety_stops", 0) + int(trace.ended_by == "safety")
                 last20.append(int(trace.success))
                 if trace.success:
-                    self._harvest(trace, "rl", f"rl:{ep}")
+                    self._harvest(trace, "rl", f"rl:{ep}", observations=res.observations)
                 st["train_s"] += time.perf_counter() - t_ep  # wall clock: acting, learning, harvesting
                 window.append((time.perf_counter(), st["updates"], st["env_steps"]))
                 self._log_episode(trace, len(acts), float(np.sum(rews)), ep_info, last20)
@@ -689,9 +698,14 @@ class Session:
             self.env = None
 
     # ------------------------------------------------------------------ outputs
-    def _harvest(self, trace, source: str, key: str) -> None:
-        if self.harvester is not None and self.harvester.wants(source, key):
-            self.harvester.write(trace, source, key)
+    def _harvest(self, trace, source: str, key: str, observations=None) -> None:
+        if self.harvester is None or not self.harvester.wants(source, key):
+            return
+        label = "executed"
+        if observations is not None and self.cfg.harvest.action_label == "policy_mean":
+            trace = relabel_with_policy_mean(trace, observations, self.agent.eval_actions)
+            label = "policy_mean"
+        self.harvester.write(trace, source, key, action_label=label)
 
     def _make_bar(self, total, desc: str, unit: str, initial=0):
         if not self.cfg.log.progress:

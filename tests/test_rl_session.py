@@ -40,7 +40,8 @@ def test_sac_learns_reach_from_latents_and_the_session_writes_its_outputs(tiny_c
     from rl_agent.session import Session, SessionConfig
     from teleop.dataset import read_episode, validate_dataset
 
-    cfg = SessionConfig.from_dict(reach_session(max_episodes=20, eval={"episodes": 6}))
+    cfg = SessionConfig.from_dict(reach_session(max_episodes=20, eval={"episodes": 6},
+                                                harvest={"action_label": "policy_mean"}))
     out = tmp_path / "run"
     sess = Session(cfg, tiny_ckpt, out)
     summary = sess.run()
@@ -64,6 +65,7 @@ def test_sac_learns_reach_from_latents_and_the_session_writes_its_outputs(tiny_c
     assert report.ok, report.summary()
     index = [json.loads(line) for line in (out / "harvest" / "index.jsonl").read_text().splitlines()]
     assert len(index) == n_rl and all(e["success"] and e["extra"]["source"] == "rl" for e in index)
+    assert all(e["extra"]["action_label"] == "policy_mean" for e in index)  # relabelled with the actor's mean
     ep = read_episode(out / "harvest" / index[0]["file"])
     assert ep.images["front"].shape[1:] == (64, 64, 3) and ep.action.shape[1] == 7
     assert ep.instruction in ("move next to the red block", "move next to the red cube",
@@ -80,6 +82,41 @@ def test_sac_learns_reach_from_latents_and_the_session_writes_its_outputs(tiny_c
     w_rl = rl_vla.head.mlp.out.weight.detach().numpy()
     assert not np.allclose(w_rl, base.head.mlp.out.weight.detach().numpy())  # the head was trained and handed back
     assert json.loads((out / "rl_head_ckpt" / "meta.json").read_text())["rl_task"] == "reach_point"
+
+
+def test_relabel_keeps_the_states_and_human_actions_and_takes_the_policy_mean_elsewhere():
+    from rl_agent.env import EpisodeTrace
+    from rl_agent.harvest import relabel_with_policy_mean
+    from rl_agent.session import HarvestConfig
+
+    rng = np.random.default_rng(0)
+    T = 6
+    obs = [{"latents": rng.normal(size=(4, 8)).astype(np.float32), "state": rng.normal(size=8).astype(np.float32)}
+           for _ in range(T + 1)]
+    executed = [rng.uniform(-1, 1, 7).astype(np.float32) for _ in range(T)]
+    took = [False, True, True, False, False, False]
+    trace = EpisodeTrace("t", "do it", 3, images=["img"] * (T + 1), robot=["r"] * (T + 1), actions=executed,
+                         intervened=took, success=True)
+    w = rng.normal(size=(8, 7))
+
+    def mean_actions(batch):  # a deterministic policy of the observations: tanh of a linear map of the state
+        assert batch["latents"].shape == (T, 4, 8) and batch["state"].shape == (T, 8)
+        return np.tanh(batch["state"] @ w)
+
+    out = relabel_with_policy_mean(trace, obs, mean_actions)
+    for i in range(T):
+        want = executed[i] if took[i] else np.tanh(obs[i]["state"] @ w)
+        np.testing.assert_allclose(out.actions[i], want, rtol=1e-6)
+    assert out.images is trace.images and out.robot is trace.robot and out.success and out.interventions == 1
+    assert trace.actions is executed  # the original trace is not changed
+    with pytest.raises(ValueError, match="shape"):
+        relabel_with_policy_mean(trace, obs, lambda b: np.zeros((T, 6)))
+    with pytest.raises(ValueError, match="finite"):
+        relabel_with_policy_mean(trace, obs, lambda b: np.full((T, 7), np.nan))
+    with pytest.raises(ValueError, match="observations"):
+        relabel_with_policy_mean(trace, obs[:3], mean_actions)
+    with pytest.raises(ValueError, match="action_label"):
+        HarvestConfig(action_label="sampled")
 
 
 class FakeHand:
