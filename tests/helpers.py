@@ -5,7 +5,7 @@ import itertools
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 _counter = itertools.count()
 
@@ -53,3 +53,15 @@ class Collector:
         wait_for(lambda: len(self) >= count, timeout,
                  message=f'got {len(self)} of {count} messages within {timeout} s')
         return self.items
+
+
+def stream(send: Callable[[], Any], seconds: float, until: Optional[Callable[[], Any]] = None,
+           period: float = 0.1) -> bool:
+    """Send a command at the 10 Hz contract rate for up to `seconds` (or until `until()`); True if until() held."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        send()
+        if until is not None and until():
+            return True
+        time.sleep(period)
+    return until is not None and bool(until())

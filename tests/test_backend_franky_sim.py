@@ -19,7 +19,7 @@ import pytest
 import yaml
 from rclpy.parameter import Parameter
 
-from helpers import wait_for
+from helpers import stream, wait_for
 from peers import provision, servers
 from robot_server.robot_node import RobotNode
 from ros_clients import RobotClient
@@ -47,17 +47,6 @@ def franky_client():
 def _write(path, doc) -> str:
     path.write_text(yaml.safe_dump(doc))
     return str(path)
-
-
-def _stream(send, seconds: float, until=None, period: float = 0.1):
-    """Send a command at the 10 Hz contract rate for up to `seconds` (or until `until()`); True if until() held."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        send()
-        if until is not None and until():
-            return True
-        time.sleep(period)
-    return until is not None and bool(until())
 
 
 def test_fr3_backend_through_robot_node_against_franky_sim(franky_sim, franky_client, ros_context, spin_thread,
@@ -89,7 +78,7 @@ def test_fr3_backend_through_robot_node_against_franky_sim(franky_sim, franky_cl
     # Absolute target, approached at the safety layer's speed, tracked by the 1 kHz impedance loop.
     goal = np.array([0.42, 0.08, 0.40])
     t0 = time.monotonic()
-    reached = _stream(lambda: c.send_target(goal, DOWN, frame_id=BASE), 20.0,
+    reached = stream(lambda: c.send_target(goal, DOWN, frame_id=BASE), 20.0,
                       until=lambda: np.linalg.norm(c.ee_pos() - goal) < 0.01)
     assert reached, f"target {goal} not reached: {c.ee_pos()}"
     print(f"target reached in {time.monotonic() - t0:.1f} s")
@@ -99,14 +88,14 @@ def test_fr3_backend_through_robot_node_against_franky_sim(franky_sim, franky_cl
     # Contract actions (10 Hz): full-scale -y. Each action asks for 2 cm from the measured pose; the clipped
     # impedance (1 cm x 2000 N/m) limits the speed (simulated joint friction makes franky-sim slower than an FR3).
     p0 = c.ee_pos()
-    _stream(lambda: c.send_action([0, -1, 0, 0, 0, 0, -1]), 1.5)
+    stream(lambda: c.send_action([0, -1, 0, 0, 0, 0, -1]), 1.5)
     time.sleep(0.3)
     d = c.ee_pos() - p0
     print(f"15 actions of -2 cm in y moved the TCP by {np.round(d, 4)}")
     assert -0.30 < d[1] < -0.03 and abs(d[0]) < 0.02 and abs(d[2]) < 0.02, d
 
     # Gripper: closing through the action's gripper component, opening through the service.
-    _stream(lambda: c.send_action([0, 0, 0, 0, 0, 0, 1]), 4.0, until=lambda: c.gripper.last().position[0] < 0.01)
+    stream(lambda: c.send_action([0, 0, 0, 0, 0, 0, 1]), 4.0, until=lambda: c.gripper.last().position[0] < 0.01)
     assert c.gripper.last().position[0] < 0.01, f"gripper did not close: {c.gripper.last().position[0]}"
     r = c.call("/irevla/robot/gripper", data=False)
     assert r.success, r.message
@@ -116,8 +105,8 @@ def test_fr3_backend_through_robot_node_against_franky_sim(franky_sim, franky_cl
     before = c.latest_status()["counters"]
     t_push = time.time()
     up = lambda: c.send_action([0, 0, 1, 0, 0, 0, -1])  # noqa: E731
-    assert _stream(up, 20.0, until=lambda: c.ee_pos()[2] > BOX_MAX[2] - 0.01), f"never reached the lid: {c.ee_pos()}"
-    _stream(up, 1.5)  # keep pushing against it
+    assert stream(up, 20.0, until=lambda: c.ee_pos()[2] > BOX_MAX[2] - 0.01), f"never reached the lid: {c.ee_pos()}"
+    stream(up, 1.5)  # keep pushing against it
     zs = [s.msg.pose.position.z for s in c.pose.since(t_push)]
     print(f"pushing into the lid: max z {max(zs):.4f} (lid {BOX_MAX[2]})")
     assert max(zs) <= BOX_MAX[2] + 0.005, max(zs)
@@ -129,9 +118,9 @@ def test_fr3_backend_through_robot_node_against_franky_sim(franky_sim, franky_cl
     # last of a burst: stream each kind until the node's status shows it was rejected.
     def rejected(reason):
         return lambda: c.latest_status()["counters"]["reasons"].get(reason, 0) > 0
-    assert _stream(lambda: c.send_target([0.45, 0.0, 0.60], DOWN, frame_id=BASE), 5.0,
+    assert stream(lambda: c.send_target([0.45, 0.0, 0.60], DOWN, frame_id=BASE), 5.0,
                    until=rejected("outside workspace")), c.latest_status()["counters"]
-    assert _stream(lambda: c.send_target([0.30, 0.0, 0.35], DOWN, frame_id="panda_link0"), 5.0,
+    assert stream(lambda: c.send_target([0.30, 0.0, 0.35], DOWN, frame_id="panda_link0"), 5.0,
                    until=rejected("wrong frame")), c.latest_status()["counters"]
     assert np.linalg.norm(c.ee_pos() - p_before) < 0.01
 

@@ -18,7 +18,7 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
-from helpers import wait_for
+from helpers import stream, wait_for
 from robot_server import ros_interface as ri
 from robot_server.robot_node import RobotNode
 from ros_clients import RobotClient, Sink
@@ -47,16 +47,6 @@ def peer(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-
-
-def _stream(send, seconds, until=None, period=0.1):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        send()
-        if until is not None and until():
-            return True
-        time.sleep(period)
-    return until is not None and bool(until())
 
 
 def test_franka_ros2_backend_against_peer(peer, ros_context, spin_thread, tmp_path):
@@ -103,16 +93,16 @@ def test_franka_ros2_backend_against_peer(peer, ros_context, spin_thread, tmp_pa
 
     # Absolute target and contract actions.
     goal = np.array([0.45, -0.1, 0.30])
-    assert _stream(lambda: c.send_target(goal, DOWN, frame_id=BASE), 10.0,
+    assert stream(lambda: c.send_target(goal, DOWN, frame_id=BASE), 10.0,
                    until=lambda: np.linalg.norm(c.ee_pos() - goal) < 0.01), c.ee_pos()
     p0 = c.ee_pos()
-    _stream(lambda: c.send_action([0, 1, 0, 0, 0, 0, -1]), 1.0)
+    stream(lambda: c.send_action([0, 1, 0, 0, 0, 0, -1]), 1.0)
     time.sleep(0.3)
     assert c.ee_pos()[1] - p0[1] > 0.05, (p0, c.ee_pos())
     assert peer_st()["bad_frames"] == 0, "every target must carry the base frame"
 
     # Gripper: grasp through the action's gripper component, open through the service (franka_gripper actions).
-    _stream(lambda: c.send_action([0, 0, 0, 0, 0, 0, 1]), 3.0, until=lambda: c.gripper.last().position[0] < 0.005)
+    stream(lambda: c.send_action([0, 0, 0, 0, 0, 0, 1]), 3.0, until=lambda: c.gripper.last().position[0] < 0.005)
     assert c.gripper.last().position[0] < 0.005 and peer_st()["grasps"] == 1
     assert c.call(ri.SRV_GRIPPER, data=False).success
     wait_for(lambda: c.gripper.last().position[0] > 0.075, 5.0, message="gripper did not open")
@@ -123,7 +113,7 @@ def test_franka_ros2_backend_against_peer(peer, ros_context, spin_thread, tmp_pa
     assert "cartesian_reflex" in st["backend_error"] and "recover" in st["backend_error"], st
     time.sleep(0.3)  # targets in flight when the reflex happened have arrived; the peer status is 10 Hz
     sent = peer_st()["targets"] + peer_st()["targets_ignored"]
-    _stream(lambda: c.send_action([0.5, 0, 0, 0, 0, 0, -1]), 0.8)
+    stream(lambda: c.send_action([0.5, 0, 0, 0, 0, 0, -1]), 0.8)
     time.sleep(0.3)
     assert peer_st()["targets"] + peer_st()["targets_ignored"] == sent, "targets were sent while faulted"
     assert c.latest_status()["counters"]["reasons"].get("bad state", 0) > 0
@@ -132,7 +122,7 @@ def test_franka_ros2_backend_against_peer(peer, ros_context, spin_thread, tmp_pa
     wait_for(lambda: peer_st()["recoveries"] == 1, 2.0, message="the peer's error recovery was not called")
     c.wait_status(lambda s: s["backend_error"] == "", timeout=5.0)
     p0 = c.ee_pos()
-    _stream(lambda: c.send_action([0, 0, 1, 0, 0, 0, -1]), 1.0)
+    stream(lambda: c.send_action([0, 0, 1, 0, 0, 0, -1]), 1.0)
     time.sleep(0.3)
     assert c.ee_pos()[2] - p0[2] > 0.03, "no motion after recovery"
 
