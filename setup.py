@@ -57,6 +57,7 @@ setup(
             'launch = robot_server.launch_graph:main',
             'collect = teleop.collect:main',
             'train = policy.train_cli:main',
+            'features = policy.feature_cache:build_features_cli',
             'command = policy.command_cli:main',
             'evaluate = policy.evaluate:main',
             'rl-session = rl_agent.session_cli:main',

@@ -1,11 +1,11 @@
 """Does a VLA checkpoint see where the object is? A linear probe at each stage of the VLM.
 
-    python benchmarks/probe_latents.py --checkpoint policy/default_model [--task pick_red_block] [--episodes 120]
+    python benchmarks/probe_latents.py [--checkpoint policy/default_model] [--compare OTHER] [--episodes 500]
 
 Resets the twin on `--episodes` seeds of a pick task (the object's position is randomized every episode), renders
-both cameras, and takes four views of the same observation: raw pixels (every 4th pixel), the vision tower's patch
-tokens, the Q-Former's query outputs (after the language projection) and the LM's last hidden states (the latents
-that stage 1's RL agent learns on). A ridge regression (5-fold cross-validation, best of a few regularizers) predicts
+both cameras, and takes views of the same observation: raw pixels (every 4th pixel) and, per checkpoint, the vision
+tower's output, the LM's last hidden states (the latents that stage 1's RL agent learns on) and the token learner's
+pooling of them. The last line is the gate: RMSE of the object's position from the latents <= 1.5 cm. A ridge regression (5-fold cross-validation, best of a few regularizers) predicts
 the object's table (x, y) from each view. Printed per stage: held-out RMSE in cm, R^2 (0: no better than the mean
 position; the mean predictor's RMSE is printed too) and the spread of the features across episodes.
 
@@ -40,27 +40,41 @@ def ridge_cv(x: np.ndarray, y: np.ndarray, lam: float, folds: int = 5) -> tuple[
     return float(np.sqrt((e ** 2).sum(1).mean())), float(1.0 - (e ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
 
 
-def collect(checkpoint: str, task: str, episodes: int, seed0: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _views(vla, images, instruction) -> dict[str, np.ndarray]:
+    """The stages of one VLA for one observation (flattened): vision output, query outputs, LM latents, and the
+    token learner's pooled latents (what the RL agent reads with latent_input: pooled)."""
+    import torch
+    pixel_values = vla._images_tensor(images)
+    if getattr(vla, "is_towers", False):
+        vision = vla.vlm.vision_features(pixel_values)
+    else:
+        vision = vla.vlm.vision_model(pixel_values=pixel_values).last_hidden_state
+    latents = vla.encode(images, [instruction])
+    out = {"vision": vision, "latents": latents, "latents_pooled": vla.head.token_learner(latents)}
+    return {k: v.reshape(-1).float().numpy() for k, v in out.items() if torch.is_tensor(v)}
+
+
+def collect(checkpoints: dict[str, str], task: str, episodes: int, seed0: int, image_size: int
+            ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     import torch
     from policy.model import load_vla
     from robot_server.gym_env import TwinEnv
+    from tqdm import tqdm
     torch.set_num_threads(1)
-    vla = load_vla(checkpoint).eval()
-    env = TwinEnv(task=task, cameras=tuple(vla.cfg.cameras), image_size=vla.image_size)
-    views: dict[str, list] = {"pixels": [], "vision_patches": [], "qformer_queries": [], "lm_latents": []}
+    vlas = {name: load_vla(path).eval() for name, path in checkpoints.items()}
+    cameras = tuple(next(iter(vlas.values())).cfg.cameras)
+    env = TwinEnv(task=task, cameras=cameras, image_size=image_size)
+    views: dict[str, list] = {"pixels (every 4th)": []}
     positions = []
     try:
         with torch.inference_mode():
-            for i in range(episodes):
+            for i in tqdm(range(episodes), desc="probe resets", unit="reset"):
                 raw, info = env.reset(seed=seed0 + i)
-                images = np.stack([raw["images"][c] for c in vla.cfg.cameras])[None]
-                pixel_values = vla._images_tensor(images)
-                views["pixels"].append(images[0, :, ::4, ::4].reshape(-1) / 255.0)
-                views["vision_patches"].append(vla.vlm.vision_model(pixel_values=pixel_values).last_hidden_state
-                                               .reshape(-1).float().numpy())
-                views["qformer_queries"].append(vla.vlm.get_image_features(pixel_values=pixel_values, return_dict=True)
-                                                .pooler_output.reshape(-1).float().numpy())
-                views["lm_latents"].append(vla.encode(images, [info["instruction"]]).reshape(-1).float().numpy())
+                images = np.stack([raw["images"][c] for c in cameras])[None]
+                views["pixels (every 4th)"].append(images[0, :, ::4, ::4].reshape(-1) / 255.0)
+                for name, vla in vlas.items():
+                    for stage, x in _views(vla, images, info["instruction"]).items():
+                        views.setdefault(f"{name}: {stage}", []).append(x)
                 positions.append(env.twin.object_pos(env.twin.task.objects[0])[:2])
     finally:
         env.close()
@@ -70,24 +84,33 @@ def collect(checkpoint: str, task: str, episodes: int, seed0: int) -> tuple[dict
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default="policy/default_model")
+    ap.add_argument("--compare", default=None, help="another checkpoint probed on the same resets (e.g. the old model)")
     ap.add_argument("--task", default="pick_red_block", help="a task whose first object's position is randomized")
-    ap.add_argument("--episodes", type=int, default=120)
-    ap.add_argument("--seed", type=int, default=2000, help="first reset seed (away from the training seeds)")
+    ap.add_argument("--episodes", type=int, default=500)
+    ap.add_argument("--image-size", type=int, default=128, help="render size (each VLA resizes to its input)")
+    ap.add_argument("--seed", type=int, default=60_000_000,
+                    help="first reset seed (collection uses < 2e6, evaluation 5e7 + a few hundred)")
+    ap.add_argument("--gate-rmse-cm", type=float, default=1.5)
     args = ap.parse_args(argv)
-    views, y = collect(args.checkpoint, args.task, args.episodes, args.seed)
+    ckpts = {"model": args.checkpoint}
+    if args.compare:
+        ckpts["compare"] = args.compare
+    views, y = collect(ckpts, args.task, args.episodes, args.seed, args.image_size)
     mean_rmse = float(np.sqrt(((y - y.mean(0)) ** 2).sum(1).mean()))
-    print(f"{args.task}, {args.episodes} episodes: predicting the mean position gives RMSE {100 * mean_rmse:.2f} cm")
-    rows = []
+    print(f"{args.task}, {args.episodes} resets (seeds {args.seed}+): predicting the mean position gives RMSE "
+          f"{100 * mean_rmse:.2f} cm; model = {args.checkpoint}" + (f", compare = {args.compare}" if args.compare else ""))
+    rows = {}
     for name, x in views.items():
-        rmse, r2, lam = min((ridge_cv(x, y, lam) + (lam,) for lam in (1.0, 10.0, 100.0, 1e3, 1e4)),
+        rmse, r2, lam = min((ridge_cv(x, y, lam) + (lam,) for lam in (0.1, 1.0, 10.0, 100.0, 1e3, 1e4)),
                             key=lambda r: r[0])
-        rows.append({"stage": name, "dim": x.shape[1], "rmse_cm": round(100 * rmse, 2), "r2": round(r2, 3),
-                     "lambda": lam, "feature_std_across_episodes": round(float(x.std(0).mean()), 5)})
-        print(json.dumps(rows[-1]), flush=True)
-    pix, lat = rows[0], rows[-1]
-    print(f"position in the latents vs the pixels: R^2 {lat['r2']:.2f} vs {pix['r2']:.2f} "
-          f"(ratio of RMSE latents/pixels {lat['rmse_cm'] / pix['rmse_cm']:.2f})")
-    return 0
+        rows[name] = {"view": name, "dim": x.shape[1], "rmse_cm": round(100 * rmse, 2), "r2": round(r2, 3),
+                      "lambda": lam}
+        print(json.dumps(rows[name]), flush=True)
+    lat = rows["model: latents"]
+    ok = lat["rmse_cm"] <= args.gate_rmse_cm
+    print(f"probe gate (object x, y from the RL latents, {args.episodes} resets): RMSE {lat['rmse_cm']:.2f} cm, "
+          f"R^2 {lat['r2']:.3f} (goal <= {args.gate_rmse_cm} cm): {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -126,8 +126,27 @@ def enable_activation_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def load_towers_backbone(cfg: BackboneConfig, directory: Union[str, Path]) -> Backbone:
+    """The towers backbone (policy/towers.py): its trained fusion from `directory`, the towers from their packages."""
+    from transformers import PreTrainedTokenizerFast
+    from policy.towers import TowerError, TowersVLM
+    directory = Path(directory)
+    try:
+        model = TowersVLM.from_pretrained(directory, dtype=_DTYPES[cfg.dtype])
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(directory, local_files_only=True)
+    except TowerError:
+        raise
+    except Exception as exc:
+        raise BackboneError(f"{directory}: cannot load a towers backbone ({type(exc).__name__}: {exc})") from exc
+    size, mean, std = _image_settings(directory, model.config.image_size)
+    return Backbone(model=model, tokenizer=tokenizer, image_size=size, mean=mean, std=std,
+                    num_query_tokens=model.config.num_query_tokens, hidden_size=model.config.hidden,
+                    source=str(directory))
+
+
 def load_backbone(cfg: BackboneConfig, directory: Union[str, Path, None] = None) -> Backbone:
-    """Load BLIP-2 from `directory` (default cfg.pretrained_dir) with from_pretrained; no network access."""
+    """Load BLIP-2 from `directory` (default cfg.pretrained_dir) with from_pretrained; no network access.
+    A towers directory (config.json model_type irevla_towers) loads through load_towers_backbone."""
     from transformers import AutoTokenizer, Blip2ForConditionalGeneration
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # one bar per weight file is noise in a robot service's log
@@ -135,6 +154,9 @@ def load_backbone(cfg: BackboneConfig, directory: Union[str, Path, None] = None)
     if not (directory / "config.json").is_file():
         raise BackboneError(f"{directory}: no config.json; point backbone.pretrained_dir at a local BLIP-2 "
                             "checkpoint directory (e.g. a downloaded Salesforce/blip2-opt-2.7b)")
+    from policy.towers import is_towers_dir
+    if cfg.kind == "towers" or is_towers_dir(directory):
+        return load_towers_backbone(cfg, directory)
     try:
         model = Blip2ForConditionalGeneration.from_pretrained(directory, dtype=_DTYPES[cfg.dtype],
                                                               local_files_only=True)

@@ -35,16 +35,44 @@ class TinyBlip2Config:
 
 
 @dataclass
+class TowersSettings:
+    """The `towers` backbone (policy/towers.py): frozen pretrained EfficientNet-Lite0 + all-MiniLM-L6-v2, fused by a
+    trained Q-Former (learned queries per camera) and a small fusion LM of width `hidden`."""
+    image_size: int = 128  # a multiple of 16: the vision grid is (image_size / 16)^2 cells
+    hidden: int = 128
+    num_query_tokens: int = 8
+    qformer_layers: int = 2
+    lm_layers: int = 2
+    heads: int = 4
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.image_size % 16 or self.image_size < 32:
+            raise ValueError(f"backbone.towers.image_size must be a multiple of 16 and >= 32, got {self.image_size}")
+        if self.hidden % self.heads:
+            raise ValueError(f"backbone.towers.hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+
+
+BACKBONE_KINDS = ("blip2", "towers")
+# LoRA's default targets per backbone kind: the language model's attention query/value projections (as in the paper).
+DEFAULT_LORA_TARGETS = {"blip2": r".*language_model.*\.(q_proj|v_proj)",
+                        "towers": r".*language_model.*\.(query|value)"}
+
+
+@dataclass
 class BackboneConfig:
+    # blip2: BLIP-2 from `pretrained_dir` (or the tiny random one built in code); towers: pretrained towers from
+    # their pinned packages + a trained fusion (the embedded default model).
     kind: str = "blip2"
     pretrained_dir: Optional[str] = None  # local HF directory; None -> TinyBlip2Config built in code
     tiny: TinyBlip2Config = field(default_factory=TinyBlip2Config)
+    towers: TowersSettings = field(default_factory=TowersSettings)
     dtype: str = "float32"  # weights dtype at load: float32 | bfloat16 | float16
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
-        if self.kind != "blip2":
-            raise ValueError(f"backbone.kind: only 'blip2' is implemented, got {self.kind!r}")
+        if self.kind not in BACKBONE_KINDS:
+            raise ValueError(f"backbone.kind must be one of {list(BACKBONE_KINDS)}, got {self.kind!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"backbone.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 
@@ -54,8 +82,8 @@ class LoraSettings:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.0
-    # Regex over module names: LoRA reaches only the language model's attention projections (as in the paper).
-    target_modules: str = r".*language_model.*\.(q_proj|v_proj)"
+    # Regex over module names; None: DEFAULT_LORA_TARGETS of the backbone kind (the LM's attention q/v).
+    target_modules: Optional[str] = None
 
 
 @dataclass

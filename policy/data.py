@@ -100,14 +100,22 @@ def head_norm_stats(head) -> NormStats:
 # ---------------------------------------------------------------------------------------------- one dataset
 @dataclass
 class Batch:
-    images: np.ndarray  # uint8 [B, cameras, H, W, 3]
+    images: Optional[np.ndarray]  # uint8 [B, cameras, H, W, 3]; None when `features` are given
     instructions: list[str]
     state: np.ndarray  # float32 [B, 8]
     action: np.ndarray  # float32 [B, 7]
     obs_ids: list[str]
+    features: Optional[np.ndarray] = None  # float16 [B, cameras, F, g, g]: a frozen vision tower's cached output
 
     def __len__(self) -> int:
         return len(self.instructions)
+
+    @staticmethod
+    def concat(parts: Sequence["Batch"]) -> "Batch":
+        feats = None if parts[0].features is None else np.concatenate([p.features for p in parts])
+        images = None if parts[0].images is None else np.concatenate([p.images for p in parts])
+        return Batch(images, [i for p in parts for i in p.instructions], np.concatenate([p.state for p in parts]),
+                     np.concatenate([p.action for p in parts]), [o for p in parts for o in p.obs_ids], feats)
 
 
 class PolicyData:
@@ -145,6 +153,14 @@ class PolicyData:
         if len(shapes) != 1:
             raise DataError(f"{self.root}: camera images of different sizes {sorted(shapes)}")
         self.image_shape = shapes.pop()  # (H, W, 3)
+        self.feature_store = None  # policy.feature_cache.FeatureStore: batches then carry features, not images
+
+    def use_features(self, store) -> None:
+        """Serve the frozen vision tower's cached features instead of images (policy/feature_cache.py)."""
+        missing = store.missing()
+        if missing:
+            raise DataError(f"{self.root}: {len(missing)} episode(s) have no cached features in {store.dir}")
+        self.feature_store = store
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -179,6 +195,9 @@ class PolicyData:
             action[j] = ep["action"][t]
             instr.append(ep["instruction"])
             ids.append(f"{self.episode_hashes[k]}:{t}")
+        if self.feature_store is not None:
+            feats = np.stack([self.feature_store.features(*self.ds.locate(int(i))) for i in indices])
+            return Batch(None, instr, state, action, ids, feats)
         return Batch(self.images(indices), instr, state, action, ids)
 
     def norm_stats(self) -> NormStats:
@@ -294,10 +313,20 @@ class MixtureBatches:
             by_source.setdefault(k, []).append(j)
         for k, slots in by_source.items():
             b = self.sources[k].batch([picks[j][1] for j in slots])
+            if b.features is not None:
+                for r, j in enumerate(slots):
+                    parts[j] = Batch(None, [b.instructions[r]], b.state[r:r + 1], b.action[r:r + 1],
+                                     [b.obs_ids[r]], b.features[r:r + 1])
+                continue
             imgs = b.images if b.images.shape[2:] == self.image_shape else _resize_to(b.images, self.image_shape)
             for r, j in enumerate(slots):
                 parts[j] = Batch(imgs[r:r + 1], [b.instructions[r]], b.state[r:r + 1], b.action[r:r + 1],
                                  [b.obs_ids[r]])
+        kinds = {p.features is None for p in parts}
+        if len(kinds) != 1:
+            raise DataError("some sources serve cached features and others images: use features for all or none")
+        if parts[0].features is not None:  # cached features: no pixel augmentation possible
+            return Batch.concat(parts)
         images = np.concatenate([p.images for p in parts])
         if self.augment_shift_px:
             # Seeded by the sample's position in the global batch: the same pixels whatever the process split.

@@ -34,7 +34,9 @@ class EvalConfig:
     categories: list[str] = field(default_factory=list)  # empty -> all
     seeds: list[int] = field(default_factory=lambda: list(range(10)))
     task_files: list[str] = field(default_factory=list)
-    image_size: int = 96  # render size of the twin's cameras (the VLA resizes to its own input size)
+    # Render size of the twin's cameras; None: the policy's own input size (no resize). Another size is resized
+    # by the VLA to its input size.
+    image_size: Optional[int] = None
     max_steps: Optional[int] = None  # default: each task's max_steps
     videos: int = 2  # rollout videos per category (first seeds)
     workers: int = 1
@@ -115,7 +117,7 @@ def run_episode(env, policy: Callable, task: str, seed: int, max_steps: Optional
 
 def _make_env(policy: VLAPolicy, cfg: EvalConfig, task: str):
     from robot_server.gym_env import TwinEnv
-    return TwinEnv(task=task, cameras=tuple(policy.cameras), image_size=cfg.image_size,
+    return TwinEnv(task=task, cameras=tuple(policy.cameras), image_size=cfg.image_size or policy.vla.image_size,
                    task_files=tuple(cfg.task_files), render_detail=cfg.render_detail)
 
 

@@ -29,7 +29,7 @@ import yaml
 from torch import nn
 
 from policy.backbone import TINY_INIT_VERSION, Backbone, load_backbone, write_tiny_blip2
-from policy.config import POLICY_STATE_DIM, VLAConfig
+from policy.config import DEFAULT_LORA_TARGETS, POLICY_STATE_DIM, VLAConfig
 from policy.heads import ActionHead
 
 PathLike = Union[str, Path]
@@ -76,8 +76,7 @@ class VLA(nn.Module):
                              persistent=False)
         self.register_buffer("pixel_std", torch.tensor(backbone.std, dtype=torch.float32).view(1, 3, 1, 1),
                              persistent=False)
-        self.image_token_id = int(getattr(backbone.model.config, "image_token_id", None)
-                                  or backbone.model.config.image_token_index)
+        self.is_towers = cfg.backbone.kind == "towers"
         model = backbone.model
         self.peft_model = None
         if cfg.backbone_training == "lora":
@@ -85,8 +84,9 @@ class VLA(nn.Module):
             if adapter_dir is not None:
                 self.peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=adapter_trainable)
             else:
+                targets = cfg.lora.target_modules or DEFAULT_LORA_TARGETS[cfg.backbone.kind]
                 lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                                  target_modules=cfg.lora.target_modules, bias="none")
+                                  target_modules=targets, bias="none")
                 self.peft_model = get_peft_model(model, lcfg)
             vlm = self.peft_model.base_model.model
         else:
@@ -100,6 +100,8 @@ class VLA(nn.Module):
     # ------------------------------------------------------------------ identity
     @property
     def num_latent_tokens(self) -> int:
+        if self.is_towers:  # the instruction enters as one sentence token
+            return len(self.cfg.cameras) * self.num_query_tokens + 1
         return len(self.cfg.cameras) * self.num_query_tokens + self.cfg.max_text_tokens
 
     def vlm_id(self) -> str:
@@ -203,7 +205,10 @@ class VLA(nn.Module):
 
     def encode_tensors(self, pixel_values: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The tensor-only core of `encode` (no checks, no tokenizer: what torch.compile and the trainer see):
-        normalized pixels [B * cameras, 3, S, S], token ids and attention mask [B, T] -> latents [B, N, d]."""
+        normalized pixels [B * cameras, 3, S, S] (towers backbone: or its cached vision features), token ids and
+        attention mask [B, T] -> latents [B, N, d]."""
+        if self.is_towers:
+            return self.vlm(pixel_values, ids, mask)
         b = ids.shape[0]
         dev = pixel_values.device
         vlm = self.vlm
@@ -307,9 +312,31 @@ def tiny_backbone_dir(cfg: VLAConfig, root: Optional[PathLike] = None, seed: int
     return d
 
 
+def towers_backbone_dir(cfg: VLAConfig, root: Optional[PathLike] = None, seed: int = 0) -> Path:
+    """Directory of a fresh towers backbone for `cfg`: pretrained towers (from their packages, not copied) and a
+    seeded random fusion, written once and keyed by its settings, cameras, seed and the tower versions."""
+    from policy.towers import tower_id, write_towers_backbone
+    key = hashlib.blake2b(json.dumps([cfg.backbone.towers.__dict__, len(cfg.cameras), seed, tower_id()],
+                                     sort_keys=True).encode(), digest_size=6).hexdigest()
+    root = Path(root or os.environ.get("IREVLA_CACHE", Path.home() / ".cache" / "irevla"))
+    d = root / f"towers-{key}"
+    if not (d / "config.json").is_file():
+        d.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=d.name + ".", dir=d.parent))
+        write_towers_backbone(tmp, cfg.backbone.towers, len(cfg.cameras), seed=seed)
+        try:
+            os.rename(tmp, d)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return d
+
+
 def build_vla(cfg: VLAConfig, seed: int = 0, cache_root: Optional[PathLike] = None) -> VLA:
-    """A fresh VLA: the configured pretrained backbone, or the tiny one; new head (seeded)."""
-    directory = cfg.backbone.pretrained_dir or tiny_backbone_dir(cfg, cache_root, seed)
+    """A fresh VLA: the configured pretrained backbone, the towers one, or the tiny one; new head (seeded)."""
+    if cfg.backbone.kind == "towers":
+        directory = towers_backbone_dir(cfg, cache_root, seed)
+    else:
+        directory = cfg.backbone.pretrained_dir or tiny_backbone_dir(cfg, cache_root, seed)
     backbone = load_backbone(cfg.backbone, directory)
     with torch.random.fork_rng():
         torch.manual_seed(seed)

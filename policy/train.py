@@ -73,6 +73,9 @@ class TrainConfig:
     # (stage 2 continues in the same units); data: recompute; keep: never touch.
     normalization: str = "auto"
     augment_shift_px: int = 0  # random-shift augmentation (pixels of the recorded images); 0 = off
+    # Towers backbone: train on the frozen vision tower's cached output (policy/feature_cache.py), computed once
+    # per frame; pixel augmentation is then off. False: run the tower on every batch (augmentation possible).
+    feature_cache: bool = True
     include_failed: bool = False
     tasks: list[str] = field(default_factory=list)  # train on these tasks only (empty: all)
     seed: int = 0
@@ -179,7 +182,11 @@ class SFTObjective(nn.Module):
 
 def prepare_inputs(vla, batch: Batch, device) -> tuple:
     """Batch (numpy) -> the objective's tensors on `device` (image checks, normalization, tokenization)."""
-    pixel_values = vla._images_tensor(batch.images)
+    if batch.features is not None:  # a frozen vision tower's cached output stands in for the pixels
+        f = torch.from_numpy(np.ascontiguousarray(batch.features)).float()
+        pixel_values = f.reshape(-1, *f.shape[2:])
+    else:
+        pixel_values = vla._images_tensor(batch.images)
     ids, mask = vla.tokenize(batch.instructions)
     state = vla._state_tensor(batch.state, len(batch)) if vla.cfg.head.use_state else None
     action = torch.as_tensor(batch.action, dtype=torch.float32)
@@ -212,10 +219,7 @@ def fixed_loss_hook(data: Sequence[PolicyData], samples: int = 64, gripper_loss_
         tot, count = {"loss": 0.0, "loss_pose": 0.0, "loss_gripper": 0.0}, 0
         for start in range(0, len(picks), batch_size):
             chunk = picks[start:start + batch_size]
-            parts = [data[k].batch([i]) for k, i in chunk]
-            b = Batch(np.concatenate([p.images for p in parts]), [p.instructions[0] for p in parts],
-                      np.concatenate([p.state for p in parts]), np.concatenate([p.action for p in parts]),
-                      [p.obs_ids[0] for p in parts])
+            b = Batch.concat([data[k].batch([i]) for k, i in chunk])
             r = batch_loss(vla, b, gripper_loss_weight)
             for key in tot:
                 tot[key] += r[key] * len(chunk)
@@ -443,6 +447,14 @@ def _train(cfg, vla_or_ckpt, datasets, out_dir: Path, eval_hook, resume, until_s
     for s in sources:
         if list(s.cameras) != list(cams):
             raise ValueError(f"{s.root}: read cameras {s.cameras}, the policy reads {cams}")
+    if getattr(vla, "is_towers", False) and cfg.feature_cache:
+        from policy.feature_cache import FeatureStore
+        stores = _main_first(info, lambda: [FeatureStore.build(vla, s, progress=cfg.progress and info.is_main)
+                                            for s in sources])
+        for s, store in zip(sources, stores):
+            s.use_features(store)
+        if cfg.augment_shift_px:
+            LOG.warning("augment_shift_px=%d is ignored: training on cached vision features", cfg.augment_shift_px)
     batches = MixtureBatches(sources, cfg.mix or None, cfg.batch_size, seed=cfg.seed, rank=info.rank,
                              world_size=info.world_size, augment_shift_px=cfg.augment_shift_px)
     norm_source = "checkpoint"

@@ -53,6 +53,23 @@ def run_episode(task: str, seed: int, cameras: tuple[str, ...], size: int, noise
             "steps": steps if (success or keep_failures) else None}
 
 
+def resume_counts(entries: list[dict], tasks: list[str], first_seed: int) -> tuple[dict, dict]:
+    """(successes, attempts) per task from a dataset's index: a rerun after a kill continues where it stopped,
+    with the next unused seed of each task (seed = first_seed + 100000 k + attempt), never repeating a scene."""
+    got = {t: 0 for t in tasks}
+    attempts = {t: 0 for t in tasks}
+    for e in entries:
+        t = e.get("task")
+        if t not in got or e.get("category") != CATEGORY:
+            continue
+        got[t] += bool(e.get("success"))
+        seed = (e.get("extra") or {}).get("seed")
+        if isinstance(seed, int):
+            k = tasks.index(t)
+            attempts[t] = max(attempts[t], seed - (first_seed + 100000 * k) + 1)
+    return got, attempts
+
+
 def all_tasks() -> list[str]:
     from sim_twin.tasks.registry import TaskRegistry
     return list(TaskRegistry.load().tasks)
@@ -99,8 +116,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
 
     wanted = {t: args.episodes_per_task for t in tasks}
-    got = {t: 0 for t in tasks}
-    attempts = {t: 0 for t in tasks}
+    got, attempts = resume_counts(rec.episodes, tasks, args.seed)
+    if any(got.values()):
+        print(f"irevla collect: resuming {args.out}: {sum(got.values())} successful episode(s) already recorded "
+              f"for these tasks", file=sys.stderr)
     in_flight = {t: 0 for t in tasks}
     max_attempts = {t: int(np.ceil(args.max_attempts * wanted[t])) for t in tasks}
     failures: dict[str, int] = {t: 0 for t in tasks}
