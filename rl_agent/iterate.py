@@ -16,6 +16,7 @@ then supervised replay of the expert data).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -35,7 +36,7 @@ class ExpertSetConfig:
     path: Optional[str] = None  # an existing expert set; None: <run>/expert (collected there when missing)
     episodes_per_task: int = 5
     tasks: list[str] = field(default_factory=list)  # empty: every task of category "expert"
-    image_size: int = 96
+    image_size: int = 128  # the default model's input size (no resize)
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
     noise: float = 0.1
     workers: int = 2
@@ -45,7 +46,7 @@ class ExpertSetConfig:
 class IterateConfig:
     variant: str = "irevla"
     sft_checkpoint: Optional[str] = None  # None: stage 0 trains one from vla_config on the expert set
-    vla_config: str = "config/policy_tiny.yaml"
+    vla_config: str = "config/policy_towers.yaml"
     stage0: dict[str, Any] = field(default_factory=dict)  # policy.train.TrainConfig overrides
     stage2: dict[str, Any] = field(default_factory=lambda: {"steps": 300})
     stage2_rl_weight: float = 0.5  # share of harvested RL data in stage-2 batches (the rest: expert data)
@@ -180,14 +181,47 @@ def stage2(cfg: IterateConfig, run_dir: Path, ckpt: str, expert: Path, harvested
     return str(_train(cfg.stage2, ckpt, [expert, *harvested], mix, run_dir / "tasks" / task / "stage2", mode))
 
 
+def checkpoint_identity(ckpt: str) -> str:
+    """Content identity of a VLA checkpoint: the weight hashes VLA.save records (vlm_id covers the backbone and any
+    LoRA, head_id the head) plus the config; the same for a copy of it anywhere on disk."""
+    d = Path(ckpt)
+    meta = json.loads((d / "meta.json").read_text())
+    h = hashlib.blake2b(digest_size=8)
+    h.update(f"{meta.get('vlm_id')}:{meta.get('head_id')}:".encode())
+    h.update((d / "vla_config.yaml").read_bytes())
+    return h.hexdigest()
+
+
+def evaluation_key(ckpt: str, ev: EvalConfig) -> dict:
+    """What an evaluation's numbers depend on: the checkpoint's content, the tasks (with their instructions, from the
+    registry and task files), the seeds, the render size and the step limit."""
+    from sim_twin.tasks.registry import TaskRegistry
+    from policy.evaluate import select_tasks
+    reg = TaskRegistry.load(extra_files=ev.task_files)
+    tasks = [t for t, _ in select_tasks(ev)]
+    instructions = {t: list(reg.tasks[t].phrasings(reg)) for t in tasks}
+    return {"checkpoint": checkpoint_identity(ckpt), "tasks": tasks, "seeds": list(ev.seeds),
+            "instructions": hashlib.blake2b(json.dumps(instructions, sort_keys=True).encode(),
+                                            digest_size=8).hexdigest(),
+            "image_size": ev.image_size, "max_steps": ev.max_steps, "render_detail": ev.render_detail}
+
+
 def evaluate_stage(cfg: IterateConfig, run_dir: Path, ckpt: str, label: str, state: RunState) -> EvalReport:
+    """Evaluate (or reuse a finished evaluation whose key matches: same checkpoint content, tasks, instructions,
+    seeds and render settings; a changed one is reported and re-evaluated, never silently reused)."""
     key = f"eval:{label}"
     out = run_dir / "eval" / label
-    if state.get(key) and (out / "episodes.json").exists():
+    want = evaluation_key(ckpt, cfg.evaluation)
+    have = state.get(key)
+    if isinstance(have, dict) and have.get("key") == want and (out / "episodes.json").exists():
         return summarize(json.loads((out / "episodes.json").read_text()), label)
+    if have:
+        old = have.get("key", {}) if isinstance(have, dict) else {}
+        changed = sorted(k for k in want if old.get(k) != want[k]) or ["(no key recorded)"]
+        _say(f"evaluate {label}: the earlier evaluation differs in {', '.join(changed)}: evaluating again")
     _say(f"evaluate {label}: {ckpt}")
     report = evaluate(ckpt, cfg.evaluation, out, label)
-    state.set(key, str(out))
+    state.set(key, {"out": str(out), "key": want})
     return report
 
 

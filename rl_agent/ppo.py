@@ -41,7 +41,7 @@ class PPOConfig:
     entropy_coef: float = 0.0
     init_log_std: float = -1.0
     max_grad_norm: float = 1.0
-    image_size: int = 96
+    image_size: Optional[int] = None  # None: the VLA's input size
     seed: int = 0
     backbone_training: str = "lora"  # the full VLA trains ("lora" on a pretrained backbone, "full" on a tiny one)
 
@@ -119,7 +119,7 @@ def run_ppo(checkpoint: str, task: str, cfg: PPOConfig, out_dir: Path, progress:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     cameras = list(vla.cfg.cameras)
-    env = TwinEnv(task=task, cameras=tuple(cameras), image_size=cfg.image_size)
+    env = TwinEnv(task=task, cameras=tuple(cameras), image_size=cfg.image_size or vla.image_size)
     log, t0 = [], time.perf_counter()
     bar = tqdm(range(cfg.iterations), desc=f"PPO {task}", unit="it", disable=not progress, file=sys.stdout)
     try:

@@ -96,3 +96,30 @@ def test_shipped_main_job_config_names_real_tasks_in_the_right_categories():
     evaluated = {reg.get(t).category for t in it.evaluation.tasks}
     assert evaluated == {"expert", "rl", "unseen"} and set(it.curriculum) <= set(it.evaluation.tasks)
     assert reg.get(cfg.command.task).category == "expert" and cfg.command.instruction.strip()
+
+
+def test_evaluation_cache_key_follows_checkpoint_content_tasks_seeds_and_words(tmp_path):
+    """iterate reuses an evaluation only when nothing it depends on changed: a copy of the same checkpoint elsewhere
+    keeps the key; other seeds, another render size, other instructions or other weights change it."""
+    import shutil
+
+    import yaml
+    from policy.evaluate import EvalConfig
+    from rl_agent.iterate import evaluation_key
+    src = default_model_dir()
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy)
+    ev = EvalConfig(tasks=["press_button"], seeds=[0, 1])
+    key = evaluation_key(str(src), ev)
+    assert evaluation_key(str(copy), ev) == key
+    assert evaluation_key(str(src), EvalConfig(tasks=["press_button"], seeds=[0, 2]))["seeds"] != key["seeds"]
+    assert evaluation_key(str(src), EvalConfig(tasks=["press_button"], seeds=[0, 1], image_size=64)) != key
+    words = tmp_path / "words.yaml"
+    words.write_text(yaml.safe_dump({"tasks": {"press_button": {
+        "skill": "button_press", "category": "expert", "instructions": ["push the button down"]}}}))
+    other_words = evaluation_key(str(src), EvalConfig(tasks=["press_button"], seeds=[0, 1], task_files=[str(words)]))
+    assert other_words["instructions"] != key["instructions"] and other_words["checkpoint"] == key["checkpoint"]
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["head_id"] = "0" * 16  # another head (e.g. after stage 1's hand-back)
+    (copy / "meta.json").write_text(json.dumps(meta))
+    assert evaluation_key(str(copy), ev)["checkpoint"] != key["checkpoint"]
