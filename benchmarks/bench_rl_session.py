@@ -5,8 +5,8 @@ Per step: the twin (physics at the contract's 10 Hz in simulated time + renderin
 VLA's encode (once per observation), the agent's action, and `updates_per_step` SAC updates on a 50/50 demo/online
 batch. Measured for SERL's SAC settings (baseline: rl_agent.config.SACConfig defaults, ensemble of 10, batch
 256 x 4) and for the CPU-sized settings of config/rl_session.yaml (pooled latents, ensemble 2, batch 64 x 2), in the
-same run, on the VLA of config/policy_tiny.yaml (random weights: speed only). The last line is the variant's env
-steps/s at UTD 1 relative to the baseline's.
+same run, on the VLA of config/policy_towers.yaml (the default model's architecture; random fusion weights: speed
+only), then on the previous default (config/policy_tiny.yaml). The last line compares the two at the CPU settings.
 
     python benchmarks/bench_rl_session.py                 # 40 env steps, 30 updates per setting
     python benchmarks/bench_rl_session.py --steps 10 --updates 5     # CI-sized
@@ -33,14 +33,8 @@ def timed(fn, n: int) -> float:
     return (time.perf_counter() - t) / n
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--updates", type=int, default=30)
-    ap.add_argument("--task", default="pick_eggplant")
-    ap.add_argument("--vla-config", default=str(ROOT / "config" / "policy_tiny.yaml"))
-    args = ap.parse_args(argv)
-
+def measure(vla_config: str, args) -> dict:
+    """env steps/s at UTD 1 for both SAC settings with the VLA of `vla_config` (random weights: speed only)."""
     import torch
 
     from policy.config import VLAConfig
@@ -49,16 +43,16 @@ def main(argv=None) -> int:
     from rl_agent.bridge import head_to_flax
     from rl_agent.buffers import LatentReplayBuffer, sample_mixed
     from rl_agent.env import LatentEncoder, LatentEnv
-    from rl_agent.session import enable_compilation_cache, sac_config_for
+    from rl_agent.session import sac_config_for
 
-    enable_compilation_cache()
     torch.set_num_threads(1)
-    vla = build_vla(VLAConfig.from_yaml(args.vla_config, "vla"))
+    vla = build_vla(VLAConfig.from_yaml(vla_config, "vla"))
     enc = LatentEncoder(vla, torch_threads=1)
     env = LatentEnv(enc, args.task, keep_images=False)
     rng = np.random.default_rng(0)
     obs, _ = env.reset(0)
-    print(f"VLA: {len(enc.cameras)} camera(s) at {enc.image_size} px, latents {enc.latent_shape}; task {args.task}")
+    print(f"VLA {Path(vla_config).name}: {len(enc.cameras)} camera(s) at {enc.image_size} px, latents "
+          f"{enc.latent_shape}; task {args.task}")
 
     e0, c0 = env.env_seconds, enc.seconds
     for i in range(args.steps):
@@ -67,7 +61,7 @@ def main(argv=None) -> int:
             env.reset(i + 1)
     env_ms = 1e3 * (env.env_seconds - e0) / args.steps
     enc_ms = 1e3 * (enc.seconds - c0) / args.steps
-    print(f"twin step (physics + render): {env_ms:.1f} ms; VLA encode: {enc_ms:.1f} ms")
+    print(f"  twin step (physics + render): {env_ms:.1f} ms; VLA encode: {enc_ms:.1f} ms")
 
     results = {}
     for name, overrides in (("SERL settings (SACConfig defaults)", {}), ("cpu-sized (pooled, E=2, 64x2)", FAST_SAC)):
@@ -96,12 +90,31 @@ def main(argv=None) -> int:
         upd_ms = 1e3 * timed(update, args.updates)
         step_ms = env_ms + enc_ms + act_ms + prep_ms + upd_ms
         results[name] = 1e3 / step_ms
-        print(f"{name}: act {act_ms:.1f} ms, prepare {prep_ms:.1f} ms, update {upd_ms:.1f} ms "
+        print(f"  {name}: act {act_ms:.1f} ms, prepare {prep_ms:.1f} ms, update {upd_ms:.1f} ms "
               f"({1e3 / upd_ms:.1f} updates/s; first update with compilation {compile_s:.1f} s), bytes/transition "
               f"{bufs[1].bytes_per_transition:.0f} -> {results[name]:.2f} env steps/s at UTD 1")
     env.close()
+    return results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--updates", type=int, default=30)
+    ap.add_argument("--task", default="pick_eggplant")
+    ap.add_argument("--vla-config", default=str(ROOT / "config" / "policy_towers.yaml"))
+    ap.add_argument("--baseline-vla-config", default=str(ROOT / "config" / "policy_tiny.yaml"),
+                    help="the previous default's architecture, measured in the same run ('none': skip)")
+    args = ap.parse_args(argv)
+    from rl_agent.session import enable_compilation_cache
+    enable_compilation_cache()
+    results = measure(args.vla_config, args)
     (b_name, b), (f_name, f) = results.items()
     print(f"env steps/s at UTD 1: {f_name} {f:.2f} vs {b_name} {b:.2f}: ratio {f / b:.2f}x")
+    if args.baseline_vla_config not in ("", "none"):
+        base = measure(args.baseline_vla_config, args)
+        print(f"cpu-sized env steps/s, {Path(args.vla_config).name} {f:.2f} vs {Path(args.baseline_vla_config).name} "
+              f"{base[f_name]:.2f}: ratio {f / base[f_name]:.2f}x")
     return 0
 
 

@@ -60,6 +60,8 @@ def collect(checkpoints: dict[str, str], task: str, episodes: int, seed0: int, i
     from policy.model import load_vla
     from robot_server.gym_env import TwinEnv
     from tqdm import tqdm
+
+    from sim_twin import seeds
     torch.set_num_threads(1)
     vlas = {name: load_vla(path).eval() for name, path in checkpoints.items()}
     cameras = tuple(next(iter(vlas.values())).cfg.cameras)
@@ -69,7 +71,7 @@ def collect(checkpoints: dict[str, str], task: str, episodes: int, seed0: int, i
     try:
         with torch.inference_mode():
             for i in tqdm(range(episodes), desc="probe resets", unit="reset"):
-                raw, info = env.reset(seed=seed0 + i)
+                raw, info = env.reset(seed=seeds.seed("probe", seed0 + i))
                 images = np.stack([raw["images"][c] for c in cameras])[None]
                 views["pixels (every 4th)"].append(images[0, :, ::4, ::4].reshape(-1) / 255.0)
                 for name, vla in vlas.items():
@@ -88,8 +90,7 @@ def main(argv=None) -> int:
     ap.add_argument("--task", default="pick_red_block", help="a task whose first object's position is randomized")
     ap.add_argument("--episodes", type=int, default=500)
     ap.add_argument("--image-size", type=int, default=128, help="render size (each VLA resizes to its input)")
-    ap.add_argument("--seed", type=int, default=60_000_000,
-                    help="first reset seed (collection uses < 2e6, evaluation 5e7 + a few hundred)")
+    ap.add_argument("--seed", type=int, default=0, help="first index in the probe's own seed block (sim_twin/seeds.py)")
     ap.add_argument("--gate-rmse-cm", type=float, default=1.5)
     args = ap.parse_args(argv)
     ckpts = {"model": args.checkpoint}
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
         ckpts["compare"] = args.compare
     views, y = collect(ckpts, args.task, args.episodes, args.seed, args.image_size)
     mean_rmse = float(np.sqrt(((y - y.mean(0)) ** 2).sum(1).mean()))
-    print(f"{args.task}, {args.episodes} resets (seeds {args.seed}+): predicting the mean position gives RMSE "
+    print(f"{args.task}, {args.episodes} resets (probe seeds {args.seed}+): predicting the mean position gives RMSE "
           f"{100 * mean_rmse:.2f} cm; model = {args.checkpoint}" + (f", compare = {args.compare}" if args.compare else ""))
     rows = {}
     for name, x in views.items():

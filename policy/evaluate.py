@@ -21,11 +21,12 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from sim_twin import seeds
 from teleop.config import from_dict, load_yaml, to_dict
 
 CATEGORIES = ("expert", "rl", "unseen")
-# Evaluation seeds live far from the collection seeds (teleop.collect uses seed + 100000 * task + attempt).
-EVAL_SEED_OFFSET = 50_000_000
+# Evaluation seeds have their own block (sim_twin/seeds.py), apart from collection, demos and online RL.
+EVAL_SEED_OFFSET = seeds.BLOCKS["evaluation"][0]
 
 
 @dataclass
@@ -137,7 +138,7 @@ def _evaluate_job(env, policy, job: tuple, cfg: EvalConfig, video_dir: Optional[
     """One seeded episode -> its result dict (with the video path when one was recorded)."""
     task, seed, want_video = job
     frames = [] if want_video else None
-    r = run_episode(env, policy, task, EVAL_SEED_OFFSET + seed, cfg.max_steps, frames)
+    r = run_episode(env, policy, task, seeds.seed("evaluation", seed), cfg.max_steps, frames)
     d = r.__dict__.copy()
     if want_video and video_dir:
         path = Path(video_dir) / f"{task}_seed{seed}_{'success' if r.success else 'failure'}.mp4"

@@ -24,6 +24,7 @@ from typing import Any, Optional
 import numpy as np
 
 from rl_agent import transport as tp
+from sim_twin import seeds
 from rl_agent.learner_node import with_actor_params
 
 
@@ -403,7 +404,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     else:
                         t_next[0] = time.monotonic()
 
-            res = runner.run(int(p["seed"]) * 1_000_000 + ep, agent_policy(core.current_agent, False, rng),
+            res = runner.run(seeds.seed("online_rl", int(p["seed"]) * 1_000_000 + ep), agent_policy(core.current_agent, False, rng),
                              keep_images=False, on_reset=builder.start, on_step=on_step, should_stop=stop.is_set,
                              allow_interventions=interventions is not None)
             last = builder.flush()

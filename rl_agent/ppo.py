@@ -23,6 +23,7 @@ from torch import nn
 
 from policy.evaluate import policy_state
 from policy.heads import ActionHead
+from sim_twin import seeds
 
 
 @dataclass
@@ -125,7 +126,8 @@ def run_ppo(checkpoint: str, task: str, cfg: PPOConfig, out_dir: Path, progress:
     try:
         for it in bar:
             data, succ = _rollouts(env, model, task, cfg.episodes_per_iteration,
-                                   1_000_000 + it * cfg.episodes_per_iteration, rng, cfg.max_steps, cameras)
+                                   seeds.seed("ppo", cfg.seed * 1_000_000 + it * cfg.episodes_per_iteration),
+                                   rng, cfg.max_steps, cameras)
             adv, ret = _gae(data["reward"], data["value"], data["done"], cfg.gamma, cfg.gae_lambda)
             adv_n = (adv - adv.mean()) / (adv.std() + 1e-8)
             n = len(adv)

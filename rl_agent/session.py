@@ -42,11 +42,19 @@ from rl_agent.interventions import InterventionConfig, make_interventions
 from rl_agent.rewards import RewardConfig, make_reward_source
 from teleop.config import from_dict, load_yaml, to_dict
 from rl_agent.files import atomic_open
+from sim_twin import seeds
 
 PathLike = Union[str, Path]
 DEMO_SOURCES = ("vla", "expert", "mixed")
-# Seeds of the three kinds of episodes never overlap: evaluation seeds are held out from training and demos.
-DEMO_SEED_BASE, EXPERT_SEED_BASE, EVAL_SEED_BASE = 500_000, 700_000, 900_000
+# Seeds of the kinds of episodes never overlap (sim_twin/seeds.py): within the session-demo block, per session seed,
+# VLA demos, scripted demos and the held-out evaluation take their own 3,000-seed slices.
+DEMO_SEED_BASE, EXPERT_SEED_BASE, EVAL_SEED_BASE = 0, 3000, 6000
+
+
+def session_seed(session_seed_: int, base: int, k: int) -> int:
+    if not 0 <= k < 3000:
+        raise ValueError(f"episode index {k} of a session's demo/eval slice must be < 3000")
+    return seeds.seed("session_demos", session_seed_ * 10_000 + base + k)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -349,7 +357,7 @@ def collect_demos(runner: EpisodeRunner, encoder, cfg: DemoConfig, seed: int,
         while stats["vla"] < cfg.count and stats["vla_attempts"] < cfg.max_attempts and not stop():
             k = stats["vla_attempts"]
             stats["vla_attempts"] += 1
-            res = runner.run(DEMO_SEED_BASE + seed * 1000 + k, vla_policy(encoder, cfg.action_noise, rng),
+            res = runner.run(session_seed(seed, DEMO_SEED_BASE, k), vla_policy(encoder, cfg.action_noise, rng),
                              should_stop=should_stop)
             if res.trace.success:
                 stats["vla"] += 1
@@ -367,7 +375,7 @@ def collect_demos(runner: EpisodeRunner, encoder, cfg: DemoConfig, seed: int,
                and not stop()):
             k = stats["expert_attempts"]
             stats["expert_attempts"] += 1
-            res = runner.run(EXPERT_SEED_BASE + seed * 1000 + k, lambda *_: env.expert_action(cfg.expert_noise),
+            res = runner.run(session_seed(seed, EXPERT_SEED_BASE, k), lambda *_: env.expert_action(cfg.expert_noise),
                              should_stop=should_stop)
             if res.trace.success:
                 stats["expert"] += 1
@@ -513,7 +521,7 @@ class Session:
         if n <= 0:
             return {"success_rate": None, "episodes": 0}
         t0 = time.perf_counter()
-        results = [bool(self.runner.run(EVAL_SEED_BASE + self.cfg.seed * 1000 + i, policy, keep_images=False)
+        results = [bool(self.runner.run(session_seed(self.cfg.seed, EVAL_SEED_BASE, i), policy, keep_images=False)
                         .trace.success) for i in range(n)]
         dt = time.perf_counter() - t0
         self.state["eval_s"] += dt
@@ -608,7 +616,7 @@ class Session:
                 t_ep = time.perf_counter()
                 env_s0, enc_s0 = self.env.env_seconds, self.encoder.seconds
                 ep_info.clear()
-                res = self.runner.run(c.seed * 1_000_000 + ep, agent_policy(lambda: self.agent, False, self.rng),
+                res = self.runner.run(seeds.seed("online_rl", c.seed * 1_000_000 + ep), agent_policy(lambda: self.agent, False, self.rng),
                                       on_reset=self.online.start_episode, on_step=on_step, allow_interventions=True)
                 acts, rews, trace = res.actions, res.rewards, res.trace
                 st["env_s"] += self.env.env_seconds - env_s0

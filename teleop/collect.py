@@ -93,6 +93,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     if args.episodes_per_task < 1 or args.workers < 1:
         ap.error("--episodes-per-task and --workers must be >= 1")
+    from sim_twin import seeds
+    n_tasks = len(args.tasks or all_tasks())
+    try:  # every seed this run may use must lie in the collection block (sim_twin/seeds.py)
+        seeds.seed("collection", args.seed)
+        seeds.seed("collection", args.seed + 100000 * (n_tasks - 1) + 99999)
+    except seeds.SeedRangeError as e:
+        ap.error(f"--seed {args.seed} with {n_tasks} task(s): {e}")
+    if args.max_attempts * args.episodes_per_task > 100000:
+        ap.error("--max-attempts x --episodes-per-task must stay <= 100000 (the seeds of one task)")
 
     from teleop.episode_format import CameraConfig
     from teleop.recorder import EpisodeRecorder, RecorderConfig, RecorderError
@@ -135,7 +144,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     def next_job():
         for k, t in enumerate(tasks):
             if got[t] + in_flight[t] < wanted[t] and attempts[t] < max_attempts[t]:
-                seed = args.seed + 100000 * k + attempts[t]
+                seed = seeds.seed("collection", args.seed + 100000 * k + attempts[t])
                 attempts[t] += 1
                 in_flight[t] += 1
                 return t, seed

@@ -113,3 +113,22 @@ def test_cameras_render_the_configured_size(twin):
         assert img.shape == (96, 96, 3) and img.dtype == np.uint8 and img.std() > 5
     with pytest.raises(ValueError, match="unknown camera"):
         twin.render("ceiling")
+
+
+def test_seed_blocks_are_disjoint_and_refuse_overlap():
+    """Every kind of twin episode draws its scene seeds from its own block: evaluation never replays a training
+    scene, and an index that would reach another block is refused."""
+    from sim_twin import seeds
+    spans = sorted(seeds.BLOCKS.values())
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    assert seeds.kind_of(seeds.seed("evaluation", 19)) == "evaluation"
+    assert seeds.kind_of(seeds.seed("collection", 100000 * 21 + 500)) == "collection"
+    with pytest.raises(seeds.SeedRangeError, match="overlap"):
+        seeds.seed("session_demos", seeds.BLOCKS["session_demos"][1])
+    with pytest.raises(seeds.SeedRangeError):
+        seeds.seed("evaluation", -1)
+    from rl_agent.session import session_seed
+    kinds = {seeds.kind_of(session_seed(s, base, k)) for s in (0, 7) for base in (0, 3000, 6000) for k in (0, 2999)}
+    assert kinds == {"session_demos"}
+    used = {session_seed(0, base, k) for base in (0, 3000, 6000) for k in range(3000)}
+    assert len(used) == 9000  # demo, scripted-demo and evaluation slices do not overlap
