@@ -106,7 +106,9 @@ class TextTower:
         self._memo: dict[tuple, torch.Tensor] = {}
 
     @torch.no_grad()
-    def sentence(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sentence vectors [B, 384], word-piece states [B, T, 384], their mask [B, T]) with T the longest
+        instruction of the batch (not the padded length)."""
         keys = [tuple(r[m.bool()].tolist()) for r, m in zip(ids.cpu(), mask.cpu())]
         todo = sorted({k for k in keys if k not in self._memo})
         if todo:
@@ -121,9 +123,18 @@ class TextTower:
             v = nn.functional.normalize(v, dim=-1)
             if len(self._memo) > 4096:
                 self._memo.clear()
-            for k, row in zip(todo, v):
-                self._memo[k] = row
-        return torch.stack([self._memo[k] for k in keys])
+            for k, row, states in zip(todo, v, h):
+                self._memo[k] = (row, states[:len(k)].clone())
+        t = max(len(k) for k in keys)
+        words = torch.zeros(len(keys), t, TEXT_WIDTH)
+        wmask = torch.zeros(len(keys), t, dtype=torch.long)
+        for i, k in enumerate(keys):
+            words[i, :len(k)] = self._memo[k][1]
+            wmask[i, :len(k)] = 1
+        return torch.stack([self._memo[k][0] for k in keys]), words, wmask
+
+    def sentence(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.encode(ids, mask)[0]
 
 
 @lru_cache(maxsize=1)
@@ -164,6 +175,9 @@ class TowersVLM(nn.Module):
         self.camera_embed = nn.Parameter(torch.randn(cameras, h) * 0.02)
         self.query_tokens = nn.Parameter(torch.randn(cameras, q, h) * 0.02)
         self.text_proj = nn.Linear(TEXT_WIDTH, h)
+        if cfg.word_tokens:
+            self.word_proj = nn.Linear(TEXT_WIDTH, h)
+            self.word_type = nn.Parameter(torch.randn(h) * 0.02)
         self.qformer = _qformer(cfg, cfg.qformer_layers, cross=True)
         self.language_projection = nn.Linear(h, h)
         self.lm_pos = nn.Parameter(torch.randn(cameras * q + 1, h) * 0.02)
@@ -206,14 +220,24 @@ class TowersVLM(nn.Module):
                              f" ({cfg.image_size} px images)")
         cam = self.camera_embed.repeat(b, 1)[:, None, :]  # [B*C, 1, h]
         enc = self.vision_norm(self.vision_proj(grid)) + self.grid_pos[None] + cam
-        sent = self.text_tower.sentence(ids, mask).to(enc.device, enc.dtype)  # [B, 384]
-        text = self.text_proj(sent)[:, None, :]  # [B, 1, h]
+        sent, words, wmask = self.text_tower.encode(ids, mask)
+        text = self.text_proj(sent.to(enc.device, enc.dtype))[:, None, :]  # [B, 1, h]: the sentence token
         queries = self.query_tokens.repeat(b, 1, 1)  # [B*C, Q, h]
-        qin = torch.cat([queries, text.repeat_interleave(c, dim=0)], dim=1)
-        qout = self.qformer(query_embeds=qin, query_length=q, encoder_hidden_states=enc).last_hidden_state
+        ctx, ctx_mask = text, torch.ones(b, 1, dtype=torch.long, device=enc.device)
+        if cfg.word_tokens:  # the instruction's word pieces too, as context (keys), not as latent outputs
+            w = self.word_proj(words.to(enc.device, enc.dtype)) + self.word_type[None, None]
+            ctx, ctx_mask = torch.cat([text, w], dim=1), torch.cat([ctx_mask, wmask.to(enc.device)], dim=1)
+        qin = torch.cat([queries, ctx.repeat_interleave(c, dim=0)], dim=1)
+        qmask = torch.cat([torch.ones(b * c, q, dtype=torch.long, device=enc.device),
+                           ctx_mask.repeat_interleave(c, dim=0)], dim=1)
+        qout = self.qformer(query_embeds=qin, query_length=q, attention_mask=qmask,
+                            encoder_hidden_states=enc).last_hidden_state
         qout = self.language_projection(qout[:, :q]).reshape(b, c * q, -1)
-        tokens = torch.cat([qout, text], dim=1) + self.lm_pos[None]
-        return self.language_model(query_embeds=tokens).last_hidden_state
+        n = c * q + 1
+        tokens = torch.cat([qout, ctx], dim=1)
+        tokens = torch.cat([tokens[:, :n] + self.lm_pos[None], tokens[:, n:]], dim=1)
+        lm_mask = torch.cat([torch.ones(b, c * q, dtype=torch.long, device=enc.device), ctx_mask], dim=1)
+        return self.language_model(query_embeds=tokens, attention_mask=lm_mask).last_hidden_state[:, :n]
 
     # ------------------------------------------------------------------ persistence (from_pretrained style)
     def save_pretrained(self, directory: PathLike) -> None:

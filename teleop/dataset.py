@@ -549,8 +549,10 @@ class EpisodeDataset:
                 _write_cache(read_episode(e["path"]), d)
                 self.decoded += 1
             self._episodes.append(self._open(d, e))
-        tmp = memo_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(memo))
+        # A temp file of its own: several processes (training ranks, feature workers) may open the dataset at once.
+        fd, tmp = tempfile.mkstemp(prefix=memo_path.name + ".", dir=self.cache_dir)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(memo))
         os.replace(tmp, memo_path)
         lengths = np.array([len(ep["action"]) for ep in self._episodes], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(lengths)])

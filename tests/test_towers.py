@@ -162,3 +162,19 @@ def test_stage0_on_cached_features_learns(offline_env, dataset, tmp_path):
     assert (Path(ckpt) / "backbone" / "towers.json").is_file()
     # The features were cached next to the dataset's decoded frames, keyed by the tower identity.
     assert list((Path(dataset) / ".cache" / "features").glob("effnet-lite0-*/*.npy"))
+
+
+def test_word_tokens_keep_the_latent_shape_and_pad_independently(offline_env):
+    """word_tokens: the instruction's word pieces are context only (latents stay cameras * queries + 1 tokens), and
+    an observation's latents do not depend on the other instructions in its batch (padding is masked)."""
+    cfg = small_cfg()
+    cfg.backbone.towers.word_tokens = True
+    vla = build_vla(cfg).eval()
+    img = np.random.default_rng(1).integers(0, 255, (2, 2, 64, 64, 3), dtype=np.uint8)
+    with torch.no_grad():
+        both = vla.encode(img, ["pick up the red block", "please take the yellow cube off the table, carefully"])
+        alone = vla.encode(img[:1], ["pick up the red block"])
+        other = vla.encode(img[:1], ["pick up the green block"])
+    assert both.shape == (2, 9, 64)
+    assert torch.allclose(both[:1], alone, atol=1e-5)
+    assert (alone - other).abs().max() > 1e-3
