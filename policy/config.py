@@ -50,6 +50,12 @@ class TowersSettings:
     # phrasing ("pick up the red block" is nearer "pick up the green block", cosine 0.78, than "grasp the red
     # cube", 0.54); the word "red" itself is not.
     word_tokens: bool = False
+    # FiLM of the vision grid by the instruction before the Q-Former reads it (RT-1's conditioning, on the frozen
+    # tower's output): without it the model told tasks apart but not which object (red vs green block) to pick.
+    film: bool = False
+    # Spatial-softmax keypoints per camera (0: none): K expected grid positions of the modulated grid, one latent
+    # token per camera (latents: cameras * (queries + 1) + 1 tokens).
+    keypoints: int = 0
 
     def __post_init__(self):
         if self.image_size % 16 or self.image_size < 32:

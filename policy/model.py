@@ -100,8 +100,8 @@ class VLA(nn.Module):
     # ------------------------------------------------------------------ identity
     @property
     def num_latent_tokens(self) -> int:
-        if self.is_towers:  # the instruction enters as one sentence token
-            return len(self.cfg.cameras) * self.num_query_tokens + 1
+        if self.is_towers:  # queries per camera (+ keypoint tokens) + one sentence token
+            return self.vlm.num_latent_tokens
         return len(self.cfg.cameras) * self.num_query_tokens + self.cfg.max_text_tokens
 
     def vlm_id(self) -> str:

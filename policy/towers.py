@@ -178,9 +178,22 @@ class TowersVLM(nn.Module):
         if cfg.word_tokens:
             self.word_proj = nn.Linear(TEXT_WIDTH, h)
             self.word_type = nn.Parameter(torch.randn(h) * 0.02)
+        if cfg.film:
+            # FiLM of the vision grid by the instruction (as RT-1 conditions its EfficientNet): a per-channel scale and
+            # shift of every grid cell, from [sentence; mean and max of the word pieces]; zero-initialized (identity).
+            self.film = nn.Sequential(nn.Linear(3 * h, h), nn.GELU(), nn.Linear(h, 2 * h))
+            nn.init.zeros_(self.film[2].weight)
+            nn.init.zeros_(self.film[2].bias)
+        if cfg.keypoints:
+            # Spatial-softmax keypoints of the (instruction-modulated) grid: K expected (x, y) per camera, one latent
+            # token per camera. Positions come out explicit, where the Q-Former alone kept little of them (probe).
+            self.kp_logits = nn.Linear(h, cfg.keypoints)
+            self.kp_proj = nn.Linear(2 * cfg.keypoints, h)
+            ys, xs = torch.meshgrid(torch.linspace(-1, 1, grid), torch.linspace(-1, 1, grid), indexing="ij")
+            self.register_buffer("kp_coords", torch.stack([xs.flatten(), ys.flatten()], dim=-1), persistent=False)
         self.qformer = _qformer(cfg, cfg.qformer_layers, cross=True)
         self.language_projection = nn.Linear(h, h)
-        self.lm_pos = nn.Parameter(torch.randn(cameras * q + 1, h) * 0.02)
+        self.lm_pos = nn.Parameter(torch.randn(self.num_latent_tokens, h) * 0.02)
         self.language_model = _qformer(cfg, cfg.lm_layers, cross=False)
         towers = _shared_towers()
         self._towers = towers  # a plain tuple: not submodules (frozen, loaded from packages, never saved)
@@ -195,7 +208,7 @@ class TowersVLM(nn.Module):
 
     @property
     def num_latent_tokens(self) -> int:
-        return self.cameras * self.config.num_query_tokens + 1
+        return self.cameras * self.config.num_query_tokens + (self.cameras if self.config.keypoints else 0) + 1
 
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Normalized pixels [N, 3, S, S] -> the frozen tower's grid [N, 112, S/16, S/16] (what the cache stores)."""
@@ -219,24 +232,42 @@ class TowersVLM(nn.Module):
             raise ValueError(f"vision grid of {grid.shape[1]} cells, this model was built for {self.grid_pos.shape[0]}"
                              f" ({cfg.image_size} px images)")
         cam = self.camera_embed.repeat(b, 1)[:, None, :]  # [B*C, 1, h]
-        enc = self.vision_norm(self.vision_proj(grid)) + self.grid_pos[None] + cam
+        enc = self.vision_norm(self.vision_proj(grid))
+        dev, dt = enc.device, enc.dtype
         sent, words, wmask = self.text_tower.encode(ids, mask)
-        text = self.text_proj(sent.to(enc.device, enc.dtype))[:, None, :]  # [B, 1, h]: the sentence token
+        text = self.text_proj(sent.to(dev, dt))[:, None, :]  # [B, 1, h]: the sentence token
         queries = self.query_tokens.repeat(b, 1, 1)  # [B*C, Q, h]
-        ctx, ctx_mask = text, torch.ones(b, 1, dtype=torch.long, device=enc.device)
+        ctx, ctx_mask = text, torch.ones(b, 1, dtype=torch.long, device=dev)
+        w = None
+        if cfg.word_tokens or cfg.film:
+            w = self.word_proj(words.to(dev, dt)) + self.word_type[None, None] if cfg.word_tokens else \
+                self.text_proj(words.to(dev, dt))
+        if cfg.film:
+            m = wmask.to(dev, dt)[..., None]
+            mean_w = (w * m).sum(1) / m.sum(1).clamp_min(1.0)
+            max_w = w.masked_fill(m == 0, -1e4).max(1).values
+            gamma, beta = self.film(torch.cat([text[:, 0], mean_w, max_w], dim=-1)).chunk(2, dim=-1)
+            enc = enc * (1 + gamma.repeat_interleave(c, dim=0)[:, None]) + beta.repeat_interleave(c, dim=0)[:, None]
+        kp = None
+        if cfg.keypoints:
+            att = torch.softmax(self.kp_logits(enc), dim=1)  # [B*C, cells, K]
+            xy = torch.einsum("bnk,nd->bkd", att, self.kp_coords.to(dt)).reshape(b, c, -1)
+            kp = self.kp_proj(xy)  # [B, C, h]
+        enc = enc + self.grid_pos[None] + cam
         if cfg.word_tokens:  # the instruction's word pieces too, as context (keys), not as latent outputs
-            w = self.word_proj(words.to(enc.device, enc.dtype)) + self.word_type[None, None]
-            ctx, ctx_mask = torch.cat([text, w], dim=1), torch.cat([ctx_mask, wmask.to(enc.device)], dim=1)
+            ctx, ctx_mask = torch.cat([text, w], dim=1), torch.cat([ctx_mask, wmask.to(dev)], dim=1)
         qin = torch.cat([queries, ctx.repeat_interleave(c, dim=0)], dim=1)
-        qmask = torch.cat([torch.ones(b * c, q, dtype=torch.long, device=enc.device),
+        qmask = torch.cat([torch.ones(b * c, q, dtype=torch.long, device=dev),
                            ctx_mask.repeat_interleave(c, dim=0)], dim=1)
         qout = self.qformer(query_embeds=qin, query_length=q, attention_mask=qmask,
                             encoder_hidden_states=enc).last_hidden_state
         qout = self.language_projection(qout[:, :q]).reshape(b, c * q, -1)
-        n = c * q + 1
+        if kp is not None:
+            qout = torch.cat([qout, kp], dim=1)
+        n = self.num_latent_tokens
         tokens = torch.cat([qout, ctx], dim=1)
         tokens = torch.cat([tokens[:, :n] + self.lm_pos[None], tokens[:, n:]], dim=1)
-        lm_mask = torch.cat([torch.ones(b, c * q, dtype=torch.long, device=enc.device), ctx_mask], dim=1)
+        lm_mask = torch.cat([torch.ones(b, qout.shape[1], dtype=torch.long, device=dev), ctx_mask], dim=1)
         return self.language_model(query_embeds=tokens, attention_mask=lm_mask).last_hidden_state[:, :n]
 
     # ------------------------------------------------------------------ persistence (from_pretrained style)

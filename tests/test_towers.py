@@ -66,10 +66,11 @@ def test_pretrained_towers_load_offline_and_know_words(offline_env):
 
 def test_vla_encode_shape_errors_and_checkpoint_round_trip(offline_env, tmp_path):
     vla = build_vla(small_cfg())
-    assert vla.num_latent_tokens == 2 * 4 + 1 and vla.latent_dim == 64 and vla.image_size == 64
+    n = 2 * 4 + (2 if vla.cfg.backbone.towers.keypoints else 0) + 1  # queries (+ keypoint tokens) + sentence
+    assert vla.num_latent_tokens == n and vla.latent_dim == 64 and vla.image_size == 64
     img = np.random.default_rng(0).integers(0, 255, (2, 2, 64, 64, 3), dtype=np.uint8)
     lat = vla.encode(img, ["pick up the red block", "open the drawer"])
-    assert lat.shape == (2, 9, 64)
+    assert lat.shape == (2, n, 64)
     # The instruction changes the latents of the same images (the sentence enters the Q-Former and the LM).
     lat2 = vla.encode(img, ["open the drawer", "open the drawer"])
     assert (lat[0] - lat2[0]).abs().max() > 1e-3 and torch.allclose(lat[1], lat2[1], atol=1e-5)
@@ -175,6 +176,29 @@ def test_word_tokens_keep_the_latent_shape_and_pad_independently(offline_env):
         both = vla.encode(img, ["pick up the red block", "please take the yellow cube off the table, carefully"])
         alone = vla.encode(img[:1], ["pick up the red block"])
         other = vla.encode(img[:1], ["pick up the green block"])
-    assert both.shape == (2, 9, 64)
+    assert both.shape == (2, vla.num_latent_tokens, 64)
     assert torch.allclose(both[:1], alone, atol=1e-5)
     assert (alone - other).abs().max() > 1e-3
+
+
+def test_film_starts_as_identity_and_conditions_the_grid_once_trained(offline_env):
+    """FiLM of the vision grid by the instruction: zero-initialized, so a fresh model computes what it would without
+    it; once its last layer is nonzero, it changes the query tokens, differently for two instructions."""
+    import copy
+    cfg = small_cfg()
+    cfg.backbone.towers.film = True
+    vla = build_vla(cfg)
+    plain = copy.deepcopy(vla)
+    plain.vlm.config = copy.copy(plain.vlm.config)
+    plain.vlm.config.film = False
+    img = np.random.default_rng(2).integers(0, 255, (2, 2, 64, 64, 3), dtype=np.uint8)
+    instr = ["pick up the red block", "pick up the green block"]
+    with torch.no_grad():
+        assert torch.allclose(vla.encode(img, instr), plain.encode(img, instr), atol=1e-6)
+    with torch.no_grad():  # as if trained: a nonzero last layer
+        torch.nn.init.normal_(vla.vlm.film[2].weight, std=0.5)
+        a, b = vla.encode(img[:1], instr[:1]), vla.encode(img[:1], instr[1:])
+        a0, b0 = plain.encode(img[:1], instr[:1]), plain.encode(img[:1], instr[1:])
+    q = slice(0, 10)  # the cameras' query and keypoint tokens: what reads the (now modulated) vision grid
+    assert (a - a0)[:, q].abs().max() > 1e-3 and (b - b0)[:, q].abs().max() > 1e-3
+    assert not torch.allclose(a - a0, b - b0, atol=1e-4)  # the modulation depends on the instruction
