@@ -4,8 +4,8 @@
     python benchmarks/bench_policy.py --full-layers 4 2 4   # (b) with fewer layers: a quick check of the path
     python benchmarks/bench_policy.py --full-device cpu --full-layers 2 2 2   # (b)'s code on CPU (smoke test)
 
-(a) CPU, the default model's architecture (config/policy_towers.yaml; --config for another): the full path (uint8 frames + instruction + state -> encode ->
-    head -> action, `VLA.act`) against the cached path (latent cache hit -> `VLA.act_from_latents`), p50/p99.
+(a) CPU, the default model's architecture (config/policy_towers.yaml; --config for another): the full path
+    (uint8 frames + instruction + state -> encode -> head -> action, `VLA.act`) against the cached path (latent cache hit -> `VLA.act_from_latents`), p50/p99.
     Goals: an action from a cached latent in <= 1 ms; encode of 2 cameras <= 25 ms at the default image size on one
     thread. The previous default (config/policy_tiny.yaml) is measured in the same run as the baseline.
 (b) GPU: the full-size BLIP-2-OPT-2.7B architecture (ViT-g 39 layers, Q-Former 12, OPT-2.7B 32 layers) built from a
@@ -74,7 +74,8 @@ def bench_tiny(args) -> dict:
     state = rng.normal(size=(1, 8)).astype(np.float32)
     counts = vla.trainable_parameter_counts()
     n_vlm = counts["vlm_trainable"] + counts["vlm_frozen"]
-    print(f"(a) CPU, {cfg.backbone.kind} VLA ({args.config}): {n_vlm / 1e6:.2f} M VLM + {counts['head_trainable'] / 1e6:.3f} M head "
+    print(f"(a) CPU, {cfg.backbone.kind} VLA ({args.config}): {n_vlm / 1e6:.2f} M VLM + "
+          f"{counts['head_trainable'] / 1e6:.3f} M head "
           f"parameters; {len(cfg.cameras)} cameras at {size}x{size}; latents {vla.num_latent_tokens}x"
           f"{vla.latent_dim}; torch threads {torch.get_num_threads()}")
     res = {}

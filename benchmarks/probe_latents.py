@@ -5,9 +5,9 @@
 Resets the twin on `--episodes` seeds of a pick task (the object's position is randomized every episode), renders
 both cameras, and takes views of the same observation: raw pixels (every 4th pixel) and, per checkpoint, the vision
 tower's output, the LM's last hidden states (the latents that stage 1's RL agent learns on) and the token learner's
-pooling of them. The last line is the gate: RMSE of the object's position from the latents <= 1.5 cm. A ridge regression (5-fold cross-validation, best of a few regularizers) predicts
-the object's table (x, y) from each view. Printed per stage: held-out RMSE in cm, R^2 (0: no better than the mean
-position; the mean predictor's RMSE is printed too) and the spread of the features across episodes.
+pooling of them. A ridge regression (5-fold cross-validation, best of a few regularizers) predicts the object's
+table (x, y) from each view. Printed per view: held-out RMSE in cm and R^2 (0: no better than the mean position; the
+mean predictor's RMSE is printed too). The last line is the gate: RMSE from the latents <= 1.5 cm.
 
 If the pixels predict the position and the latents do not, neither the SFT head nor an RL actor on the latents can
 localize the object: a pick task cannot be learned in latent space, whatever the RL settings (see README, "Measured").
@@ -99,7 +99,8 @@ def main(argv=None) -> int:
     views, y = collect(ckpts, args.task, args.episodes, args.seed, args.image_size)
     mean_rmse = float(np.sqrt(((y - y.mean(0)) ** 2).sum(1).mean()))
     print(f"{args.task}, {args.episodes} resets (probe seeds {args.seed}+): predicting the mean position gives RMSE "
-          f"{100 * mean_rmse:.2f} cm; model = {args.checkpoint}" + (f", compare = {args.compare}" if args.compare else ""))
+          f"{100 * mean_rmse:.2f} cm; model = {args.checkpoint}"
+          + (f", compare = {args.compare}" if args.compare else ""))
     rows = {}
     for name, x in views.items():
         rmse, r2, lam = min((ridge_cv(x, y, lam) + (lam,) for lam in (0.1, 1.0, 10.0, 100.0, 1e3, 1e4)),

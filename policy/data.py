@@ -110,6 +110,12 @@ class Batch:
     def __len__(self) -> int:
         return len(self.instructions)
 
+    def row(self, r: int) -> "Batch":
+        """The one-sample batch of row r."""
+        return Batch(None if self.images is None else self.images[r:r + 1], [self.instructions[r]],
+                     self.state[r:r + 1], self.action[r:r + 1], [self.obs_ids[r]],
+                     None if self.features is None else self.features[r:r + 1])
+
     @staticmethod
     def concat(parts: Sequence["Batch"]) -> "Batch":
         feats = None if parts[0].features is None else np.concatenate([p.features for p in parts])
@@ -187,7 +193,7 @@ class PolicyData:
         n = len(indices)
         state = np.empty((n, POLICY_STATE_DIM), np.float32)
         action = np.empty((n, 7), np.float32)
-        instr, ids = [], []
+        instr, ids, where = [], [], []
         for j, i in enumerate(indices):
             k, t = self.ds.locate(int(i))
             ep = self.ds.episode(k)
@@ -195,8 +201,9 @@ class PolicyData:
             action[j] = ep["action"][t]
             instr.append(ep["instruction"])
             ids.append(f"{self.episode_hashes[k]}:{t}")
+            where.append((k, t))
         if self.feature_store is not None:
-            feats = np.stack([self.feature_store.features(*self.ds.locate(int(i))) for i in indices])
+            feats = np.stack([self.feature_store.features(k, t) for k, t in where])
             return Batch(None, instr, state, action, ids, feats)
         return Batch(self.images(indices), instr, state, action, ids)
 
@@ -313,28 +320,20 @@ class MixtureBatches:
             by_source.setdefault(k, []).append(j)
         for k, slots in by_source.items():
             b = self.sources[k].batch([picks[j][1] for j in slots])
-            if b.features is not None:
-                for r, j in enumerate(slots):
-                    parts[j] = Batch(None, [b.instructions[r]], b.state[r:r + 1], b.action[r:r + 1],
-                                     [b.obs_ids[r]], b.features[r:r + 1])
-                continue
-            imgs = b.images if b.images.shape[2:] == self.image_shape else _resize_to(b.images, self.image_shape)
+            if b.images is not None and b.images.shape[2:] != self.image_shape:
+                b.images = _resize_to(b.images, self.image_shape)
             for r, j in enumerate(slots):
-                parts[j] = Batch(imgs[r:r + 1], [b.instructions[r]], b.state[r:r + 1], b.action[r:r + 1],
-                                 [b.obs_ids[r]])
+                parts[j] = b.row(r)
         kinds = {p.features is None for p in parts}
         if len(kinds) != 1:
             raise DataError("some sources serve cached features and others images: use features for all or none")
-        if parts[0].features is not None:  # cached features: no pixel augmentation possible
-            return Batch.concat(parts)
-        images = np.concatenate([p.images for p in parts])
-        if self.augment_shift_px:
+        out = Batch.concat(parts)
+        if self.augment_shift_px and out.images is not None:  # cached features: no pixel augmentation possible
             # Seeded by the sample's position in the global batch: the same pixels whatever the process split.
-            for j in range(len(parts)):
+            for j in range(len(out)):
                 rng = np.random.default_rng([self.seed, 19, step, lo + j])
-                images[j:j + 1] = random_shift(images[j:j + 1], self.augment_shift_px, rng)
-        return Batch(images, [p.instructions[0] for p in parts], np.concatenate([p.state for p in parts]),
-                     np.concatenate([p.action for p in parts]), [p.obs_ids[0] for p in parts])
+                out.images[j:j + 1] = random_shift(out.images[j:j + 1], self.augment_shift_px, rng)
+        return out
 
     def norm_stats(self) -> NormStats:
         return NormStats.pooled([s.norm_stats() for s in self.sources], self.weights)

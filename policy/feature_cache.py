@@ -11,7 +11,6 @@ continues. Several processes may build the same store: each episode is computed 
 """
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import time
@@ -20,9 +19,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-
-LOG = logging.getLogger("policy.feature_cache")
-
 
 def tower_key(vla) -> str:
     from policy.towers import tower_id

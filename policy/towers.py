@@ -195,8 +195,7 @@ class TowersVLM(nn.Module):
         self.language_projection = nn.Linear(h, h)
         self.lm_pos = nn.Parameter(torch.randn(self.num_latent_tokens, h) * 0.02)
         self.language_model = _qformer(cfg, cfg.lm_layers, cross=False)
-        towers = _shared_towers()
-        self._towers = towers  # a plain tuple: not submodules (frozen, loaded from packages, never saved)
+        self._towers = _shared_towers()  # a plain tuple: not submodules (frozen, loaded from packages, never saved)
 
     @property
     def vision_tower(self) -> VisionTower:
@@ -220,7 +219,8 @@ class TowersVLM(nn.Module):
 
     def forward(self, vision: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """vision: normalized pixels [B*C, 3, S, S] or cached features [B*C, 112, g, g]; ids/mask: MiniLM tokens
-        [B, T]. Returns latents [B, C*Q + 1, hidden]."""
+        [B, T]. Returns latents [B, num_latent_tokens, hidden] (C*Q query tokens, C keypoint tokens if enabled,
+        then the sentence token)."""
         cfg = self.config
         b, c, q = ids.shape[0], self.cameras, cfg.num_query_tokens
         feats = self.vision_features(vision) if vision.shape[1] == 3 else vision

@@ -404,7 +404,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     else:
                         t_next[0] = time.monotonic()
 
-            res = runner.run(seeds.seed("online_rl", int(p["seed"]) * 1_000_000 + ep), agent_policy(core.current_agent, False, rng),
+            res = runner.run(seeds.seed("online_rl", int(p["seed"]) * 1_000_000 + ep),
+                             agent_policy(core.current_agent, False, rng),
                              keep_images=False, on_reset=builder.start, on_step=on_step, should_stop=stop.is_set,
                              allow_interventions=interventions is not None)
             last = builder.flush()

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from policy.evaluate import EvalConfig, EvalReport, evaluate, markdown_table, plot_reports, summarize
+from policy.evaluate import (EvalConfig, EvalReport, evaluate, markdown_table, plot_reports, select_tasks,
+                             summarize)
 from teleop.config import from_dict, load_yaml, to_dict
 
 VARIANTS = ("irevla", "freeze", "sft_only", "ppo_replay")
@@ -196,7 +197,6 @@ def evaluation_key(ckpt: str, ev: EvalConfig) -> dict:
     """What an evaluation's numbers depend on: the checkpoint's content, the tasks (with their instructions, from the
     registry and task files), the seeds, the render size and the step limit."""
     from sim_twin.tasks.registry import TaskRegistry
-    from policy.evaluate import select_tasks
     reg = TaskRegistry.load(extra_files=ev.task_files)
     tasks = [t for t, _ in select_tasks(ev)]
     instructions = {t: list(reg.tasks[t].phrasings(reg)) for t in tasks}

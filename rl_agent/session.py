@@ -616,7 +616,8 @@ class Session:
                 t_ep = time.perf_counter()
                 env_s0, enc_s0 = self.env.env_seconds, self.encoder.seconds
                 ep_info.clear()
-                res = self.runner.run(seeds.seed("online_rl", c.seed * 1_000_000 + ep), agent_policy(lambda: self.agent, False, self.rng),
+                res = self.runner.run(seeds.seed("online_rl", c.seed * 1_000_000 + ep),
+                                      agent_policy(lambda: self.agent, False, self.rng),
                                       on_reset=self.online.start_episode, on_step=on_step, allow_interventions=True)
                 acts, rews, trace = res.actions, res.rewards, res.trace
                 st["env_s"] += self.env.env_seconds - env_s0

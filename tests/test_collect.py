@@ -24,3 +24,21 @@ def test_collect_writes_a_valid_dataset(tmp_path):
     assert stats["per_task"]["pick_red_block"]["success"] == 2
     assert stats["per_task"]["press_button"]["success"] == 1
     assert stats["episodes"] == 3 and stats["steps"] > 30
+
+
+def test_resume_counts_continue_each_task_at_its_next_unused_seed():
+    """A rerun of `irevla collect` after a kill counts what the index holds per task and starts each task after the
+    highest seed it already used (seed = first + 100000 * task index + attempt), so no scene is recorded twice."""
+    from teleop.collect import CATEGORY, resume_counts
+    tasks = ["pick_red_block", "press_button"]
+    entries = [
+        {"task": "pick_red_block", "category": CATEGORY, "success": True, "extra": {"seed": 10}},
+        {"task": "pick_red_block", "category": CATEGORY, "success": False, "extra": {"seed": 12}},
+        {"task": "press_button", "category": CATEGORY, "success": True, "extra": {"seed": 10 + 100000 + 4}},
+        {"task": "press_button", "category": "teleop", "success": True, "extra": {"seed": 10 + 100000 + 99}},
+        {"task": "open_drawer", "category": CATEGORY, "success": True, "extra": {"seed": 5}},
+    ]
+    got, attempts = resume_counts(entries, tasks, first_seed=10)
+    assert got == {"pick_red_block": 1, "press_button": 1}
+    assert attempts == {"pick_red_block": 3, "press_button": 5}
+    assert resume_counts([], tasks, 0) == ({t: 0 for t in tasks}, {t: 0 for t in tasks})
