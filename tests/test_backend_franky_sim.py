@@ -88,10 +88,12 @@ def test_fr3_backend_through_robot_node_against_franky_sim(franky_sim, franky_cl
     # Contract actions (10 Hz): full-scale -y. Each action asks for 2 cm from the measured pose; the clipped
     # impedance (1 cm x 2000 N/m) limits the speed (simulated joint friction makes franky-sim slower than an FR3).
     p0 = c.ee_pos()
+    # 1.5 s of actions, longer (up to 5 s) until 3 cm show on a loaded machine where fewer actions get through.
     stream(lambda: c.send_action([0, -1, 0, 0, 0, 0, -1]), 1.5)
+    stream(lambda: c.send_action([0, -1, 0, 0, 0, 0, -1]), 3.5, until=lambda: c.ee_pos()[1] - p0[1] < -0.03)
     time.sleep(0.3)
     d = c.ee_pos() - p0
-    print(f"15 actions of -2 cm in y moved the TCP by {np.round(d, 4)}")
+    print(f"actions of -2 cm in y moved the TCP by {np.round(d, 4)}")
     assert -0.30 < d[1] < -0.03 and abs(d[0]) < 0.02 and abs(d[2]) < 0.02, d
 
     # Gripper: closing through the action's gripper component, opening through the service.
@@ -106,7 +108,8 @@ def test_fr3_backend_through_robot_node_against_franky_sim(franky_sim, franky_cl
     t_push = time.time()
     up = lambda: c.send_action([0, 0, 1, 0, 0, 0, -1])  # noqa: E731
     assert stream(up, 20.0, until=lambda: c.ee_pos()[2] > BOX_MAX[2] - 0.01), f"never reached the lid: {c.ee_pos()}"
-    stream(up, 1.5)  # keep pushing against it
+    # Keep pushing against it until the layer has clamped several commands (10 Hz; longer on a loaded machine).
+    stream(up, 10.0, until=lambda: c.latest_status()["counters"]["clamped"] - before["clamped"] >= 5)
     zs = [s.msg.pose.position.z for s in c.pose.since(t_push)]
     print(f"pushing into the lid: max z {max(zs):.4f} (lid {BOX_MAX[2]})")
     assert max(zs) <= BOX_MAX[2] + 0.005, max(zs)

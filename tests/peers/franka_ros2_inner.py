@@ -96,9 +96,9 @@ def test_franka_ros2_backend_against_peer(peer, ros_context, spin_thread, tmp_pa
     assert stream(lambda: c.send_target(goal, DOWN, frame_id=BASE), 10.0,
                    until=lambda: np.linalg.norm(c.ee_pos() - goal) < 0.01), c.ee_pos()
     p0 = c.ee_pos()
-    stream(lambda: c.send_action([0, 1, 0, 0, 0, 0, -1]), 1.0)
-    time.sleep(0.3)
-    assert c.ee_pos()[1] - p0[1] > 0.05, (p0, c.ee_pos())
+    # Until the motion shows (up to 5 s): on a loaded machine fewer of the 10 Hz actions get through per second.
+    assert stream(lambda: c.send_action([0, 1, 0, 0, 0, 0, -1]), 5.0,
+                  until=lambda: c.ee_pos()[1] - p0[1] > 0.05), (p0, c.ee_pos())
     assert peer_st()["bad_frames"] == 0, "every target must carry the base frame"
 
     # Gripper: grasp through the action's gripper component, open through the service (franka_gripper actions).
@@ -122,9 +122,8 @@ def test_franka_ros2_backend_against_peer(peer, ros_context, spin_thread, tmp_pa
     wait_for(lambda: peer_st()["recoveries"] == 1, 2.0, message="the peer's error recovery was not called")
     c.wait_status(lambda s: s["backend_error"] == "", timeout=5.0)
     p0 = c.ee_pos()
-    stream(lambda: c.send_action([0, 0, 1, 0, 0, 0, -1]), 1.0)
-    time.sleep(0.3)
-    assert c.ee_pos()[2] - p0[2] > 0.03, "no motion after recovery"
+    assert stream(lambda: c.send_action([0, 0, 1, 0, 0, 0, -1]), 5.0,
+                  until=lambda: c.ee_pos()[2] - p0[2] > 0.03), "no motion after recovery"
 
     # franka_ros2 going silent is reported (and the server holds), and streaming again clears it.
     assert call(stop_state, SetBool.Request(data=True)).success
