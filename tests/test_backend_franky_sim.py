@@ -97,7 +97,7 @@ def test_fr3_backend_through_robot_node_against_franky_sim(franky_sim, franky_cl
     assert -0.30 < d[1] < -0.03 and abs(d[0]) < 0.02 and abs(d[2]) < 0.02, d
 
     # Gripper: closing through the action's gripper component, opening through the service.
-    stream(lambda: c.send_action([0, 0, 0, 0, 0, 0, 1]), 4.0, until=lambda: c.gripper.last().position[0] < 0.01)
+    stream(lambda: c.send_action([0, 0, 0, 0, 0, 0, 1]), 10.0, until=lambda: c.gripper.last().position[0] < 0.01)
     assert c.gripper.last().position[0] < 0.01, f"gripper did not close: {c.gripper.last().position[0]}"
     r = c.call("/irevla/robot/gripper", data=False)
     assert r.success, r.message
