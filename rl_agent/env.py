@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from robot_server.safety import R_STATE_OUTSIDE
+from robot_server.safety import R_NONFINITE, R_SHAPE, R_STATE_OUTSIDE
 
 
 def policy_state(twin_state) -> np.ndarray:
@@ -116,6 +116,9 @@ class LatentEnv:
         self._steps = 0
         self.env_seconds = 0.0  # physics + rendering (the encoder keeps its own time)
         self.safety_stops = 0  # episodes cut because the arm left the safety layer's workspace
+        # Actions the safety layer rejected (out of range, non-finite, ...): LatentEnv no longer clips them away.
+        self.safety_rejections = 0
+        self.safety_rejection_reasons: dict[str, int] = {}
 
     @property
     def latent_shape(self) -> tuple[int, int]:
@@ -150,19 +153,38 @@ class LatentEnv:
         self.trace = EpisodeTrace(self.task, info["instruction"], int(seed), self.category)
         return self._observe(raw), info
 
+    @property
+    def safety_stats(self) -> dict:
+        """The safety layer's counters (accepted / rejected / clamped / holds / homes and rejections by reason)."""
+        return self.env.core.safety.stats
+
     def step(self, action, intervened: bool = False) -> tuple[dict, float, bool, bool, dict]:
-        a = np.asarray(action, dtype=np.float32).reshape(-1)
-        if a.shape != (7,) or not np.all(np.isfinite(a)):
-            raise ValueError(f"action must be 7 finite numbers in [-1, 1], got {np.asarray(action).tolist()}")
-        a = np.clip(a, -1.0, 1.0)
+        """One contract step. The action goes to the safety layer as given (no clipping here): out-of-range,
+        non-finite or mis-shaped actions are rejected and counted there (the arm holds for that step), in
+        `info["safety"]` and `self.safety_rejections`. A non-finite or mis-shaped action then raises ValueError
+        (after the layer counted it): it would poison the replay buffers."""
+        try:
+            a = np.asarray(action, dtype=np.float64).reshape(-1)  # a (1, 7) batch row is still one action
+        except (TypeError, ValueError):
+            a = action  # not numeric: the layer rejects it as such
         t0 = time.perf_counter()
         raw, reward, terminated, _, info = self.env.step(a)
         self.env_seconds += time.perf_counter() - t0
         self._steps += 1
+        rejected = info.get("rejected")
+        if rejected is not None:
+            self.safety_rejections += 1
+            self.safety_rejection_reasons[rejected] = self.safety_rejection_reasons.get(rejected, 0) + 1
+        info["safety"] = {"rejected": rejected or "", "rejections": self.safety_rejections,
+                          "clamped": int(self.safety_stats["clamped"])}
+        if rejected in (R_SHAPE, R_NONFINITE):
+            raise ValueError(f"action must be 7 finite numbers in [-1, 1], got {str(action)[:200]}: "
+                             f"rejected by the safety layer ({rejected})")
+        a = np.asarray(a, dtype=np.float32)  # recorded as given (the layer clamps only the resulting target)
         obs = self._observe(raw)
         truncated = self._steps >= self.max_episode_steps and not terminated
         tr = self.trace
-        if info.get("rejected") == R_STATE_OUTSIDE and not terminated:
+        if rejected == R_STATE_OUTSIDE and not terminated:
             # Exploration pushed the arm past the safety margins: the safety layer now rejects every command until
             # the arm is homed, so the rest of the episode would be wasted; the next reset homes it.
             truncated = True

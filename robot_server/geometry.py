@@ -116,3 +116,24 @@ def rpy_to_quat(rpy: np.ndarray) -> np.ndarray:
         cr * sp * cy + sr * cp * sy,
         cr * cp * sy - sr * sp * cy,
     ]))
+
+
+def matrix_to_quat(r) -> np.ndarray:
+    """Rotation matrix -> unit quaternion wxyz with w >= 0 (Shepperd's method, numerically safe)."""
+    r = np.asarray(r, float)
+    tr = np.trace(r)
+    if tr > 0:
+        s = 2.0 * np.sqrt(tr + 1.0)
+        q = [0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s]
+    else:
+        i = int(np.argmax(np.diag(r)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * np.sqrt(1.0 + r[i, i] - r[j, j] - r[k, k])
+        q = [0.0] * 4
+        q[0] = (r[k, j] - r[j, k]) / s
+        q[1 + i] = 0.25 * s
+        q[1 + j] = (r[j, i] + r[i, j]) / s
+        q[1 + k] = (r[k, i] + r[i, k]) / s
+    q = np.asarray(q)
+    q /= np.linalg.norm(q)
+    return -q if q[0] < 0 else q

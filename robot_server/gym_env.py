@@ -58,9 +58,10 @@ class TwinEnv(gym.Env):
         options = options or {}
         self.task_name = options.get("task", self.task_name)
         ep_seed = int(seed) if seed is not None else int(self.np_random.integers(2**31 - 1))
-        self.backend.reset_task(self.task_name, ep_seed)
-        self.core.task, self.core.seed = self.task_name, ep_seed
-        self.core._after_external_motion()
+        # Through the server core: the twin's home is checked by the safety layer, the setpoint re-seated by it.
+        ok, message = self.core.reset_scene(self.task_name, ep_seed, now=self._t)
+        if not ok:
+            raise RuntimeError(f"reset failed: {message}")
         self._steps, self._expert = 0, None
         return self._obs(), self._info(None)
 

@@ -16,6 +16,11 @@ the sim and the real arm see exactly the same limits. It is deliberately small a
 * E-stop latch: `estop()` freezes the setpoint at the pose at that moment and rejects every command until
   `reset_estop()`.
 * Defence in depth: `assert_in_box` is the last check on the final setpoint before it reaches a backend.
+* Home / reset / recover are motions too and have their entry here: `filter_home` checks a backend's home (a TCP
+  pose, or joint angles through the arm's forward kinematics) against the same limits before anything moves, and
+  a Cartesian home is then streamed by `next_setpoint` like an absolute target (exempt from the watchdog while the
+  server drives it; the server forgets it when the motion ends). `check_home` is the same check without counting,
+  for configs at load time.
 
 Orientation limits are roll/pitch/yaw of the rotation FROM the nominal (home, gripper-down) orientation TO the TCP
 orientation, expressed in the nominal TCP frame: rel = conj(q_nominal) * q, rel = Rz(yaw) Ry(pitch) Rx(roll).
@@ -36,8 +41,9 @@ import numpy as np
 import yaml
 
 from robot_server.contract import ACTION_DIM, ActionContract
-from robot_server.geometry import (Pose, pos_move_towards, quat_angle, quat_conj, quat_move_towards, quat_mul,
-                                   quat_normalize, quat_to_rpy, rotvec_to_quat, rpy_to_quat)
+from robot_server.geometry import (Pose, matrix_to_quat, pos_move_towards, quat_angle, quat_conj, quat_move_towards,
+                                   quat_mul, quat_normalize, quat_to_rpy, rotvec_to_quat, rpy_to_quat)
+from robot_server.kinematics import franka_fk
 
 LOG = logging.getLogger("robot_server.safety")
 
@@ -51,6 +57,7 @@ R_WORKSPACE = "outside workspace"
 R_ORIENTATION = "orientation limit"
 R_STATE = "bad state"
 R_STATE_OUTSIDE = "state outside workspace"
+R_HOME = "home outside workspace"
 
 
 class SafetyViolation(RuntimeError):
@@ -154,6 +161,44 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class HomeTarget:
+    """Where a backend's home motion goes; `SafetyLayer.filter_home` checks it before anything moves.
+
+    Cartesian (`pos` + `quat`, base frame, wxyz; the sim twin and franka_ros2): RobotServerCore streams it through
+    the layer like an absolute target, at `speed_m_s` / `speed_rad_s` (never faster than the layer's target speed),
+    until the measured TCP is within `tolerance_m` / `tolerance_rad` of it, or fails after `timeout_s`.
+    Joint space (`q`, rad; libfranka and panda-python): the backend's own planned joint motion, allowed only when
+    the forward kinematics of `q` (robot_server/kinematics.py, with `f_t_ee` = flange -> TCP, 16 values column
+    major as libfranka reports it; None: the Franka Hand) put the TCP inside the limits.
+    `source` names where the home comes from (the config field) in every message about it.
+    """
+
+    pos: Optional[tuple[float, ...]] = None
+    quat: Optional[tuple[float, ...]] = None
+    q: Optional[tuple[float, ...]] = None
+    f_t_ee: Optional[tuple[float, ...]] = None
+    source: str = "home"
+    speed_m_s: float = 0.1
+    speed_rad_s: float = 0.5
+    tolerance_m: float = 0.005
+    tolerance_rad: float = 0.02
+    timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        cartesian = self.pos is not None or self.quat is not None
+        if cartesian == (self.q is not None) or (cartesian and (self.pos is None or self.quat is None)):
+            raise ValueError("a home is either a TCP pose (pos and quat) or joint angles (q)")
+        for name in ("speed_m_s", "speed_rad_s", "tolerance_m", "tolerance_rad", "timeout_s"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{self.source}: {name} must be a positive number, got {v!r}")
+
+    @property
+    def joint_space(self) -> bool:
+        return self.q is not None
+
+
+@dataclass(frozen=True)
 class Setpoint:
     """What the server sends to the backend this tick.
 
@@ -173,6 +218,7 @@ class _Counters:
     clamped: int = 0
     holds: int = 0  # watchdog hold entries
     estops: int = 0
+    homes: int = 0  # home motions allowed (filter_home accepted)
     reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -194,6 +240,21 @@ class _RateLimitedLog:
         self._last[reason] = now
         self._logger.warning("safety: rejected command: %s (%s)%s", reason, detail,
                              f" [{n} more suppressed]" if n else "")
+
+
+def _real_array(x) -> tuple[Optional[np.ndarray], str]:
+    """(float array, "") for an array-like of real numbers (ints or floats), else (None, why). Never raises: strings
+    that look like numbers, booleans, complex numbers, objects and ragged nests are refused, not converted."""
+    try:
+        raw = np.asarray(x)
+    except Exception as e:  # noqa: BLE001 - ragged lists, objects whose conversion fails, ...
+        return None, f"not numeric: {type(e).__name__}: {e}"
+    if raw.dtype.kind not in "iuf":
+        return None, f"not real numbers (dtype {raw.dtype})"
+    try:
+        return raw.astype(float), ""
+    except (TypeError, ValueError, OverflowError) as e:
+        return None, f"not numeric: {e}"
 
 
 def _as_pose(p) -> Pose:
@@ -220,7 +281,10 @@ class SafetyLayer:
         self._c = _Counters()
         self.last_rejection: str = ""
         self._goal: Optional[Pose] = None
-        self._goal_is_target = False  # absolute target (rate limited) vs delta action (applied directly)
+        # "delta" (applied directly), "target" (absolute, rate limited) or "home" (absolute, rate limited at the
+        # home speed, exempt from the watchdog while the server drives the home motion)
+        self._goal_kind = "delta"
+        self._goal_speed = (config.max_target_speed_m_s, config.max_target_speed_rad_s)
         self._last_cmd_t: Optional[float] = None
         self._last_tick_t: Optional[float] = None
         self._setpoint: Optional[Pose] = None
@@ -249,7 +313,7 @@ class SafetyLayer:
     def stats(self) -> dict[str, Any]:
         c = self._c
         return {"accepted": c.accepted, "rejected": c.rejected, "clamped": c.clamped, "holds": c.holds,
-                "estops": c.estops, "reasons": dict(c.reasons)}
+                "estops": c.estops, "homes": c.homes, "reasons": dict(c.reasons)}
 
     # ------------------------------------------------------------------ geometry of the limits
     def orientation_rpy(self, quat) -> np.ndarray:
@@ -323,10 +387,9 @@ class SafetyLayer:
         """Validate a contract action and turn it into a goal relative to the CURRENT measured pose."""
         if self._estop_reason is not None:
             return self._reject(R_ESTOP, f"e-stop: {self._estop_reason}")
-        try:
-            a = np.asarray(action, dtype=float)
-        except (TypeError, ValueError) as e:
-            return self._reject(R_SHAPE, f"not numeric: {e}")
+        a, problem = _real_array(action)
+        if a is None:
+            return self._reject(R_SHAPE, problem)
         if a.shape != (ACTION_DIM,):
             return self._reject(R_SHAPE, f"expected {ACTION_DIM} values, got shape {a.shape}")
         if not np.all(np.isfinite(a)):
@@ -342,18 +405,17 @@ class SafetyLayer:
         dpos, drot, gripper = self.contract.action_to_delta(a)
         raw = Pose(cur.pos + dpos, quat_normalize(quat_mul(rotvec_to_quat(drot), cur.quat)))
         goal, clamped = self.clamp(raw)
-        self._accept(goal, is_target=False, now=now, clamped=clamped)
+        self._accept(goal, kind="delta", now=now, clamped=clamped)
         return Decision(True, clamped=clamped, target=goal, gripper=gripper)
 
     def filter_target(self, pos, quat, now: float) -> Decision:
         """Validate an absolute TCP target (base frame); accepted targets are approached by next_setpoint."""
         if self._estop_reason is not None:
             return self._reject(R_ESTOP, f"e-stop: {self._estop_reason}")
-        try:
-            p = np.asarray(pos, dtype=float)
-            q = np.asarray(quat, dtype=float)
-        except (TypeError, ValueError) as e:
-            return self._reject(R_SHAPE, f"not numeric: {e}")
+        p, problem = _real_array(pos)
+        q, problem_q = _real_array(quat)
+        if p is None or q is None:
+            return self._reject(R_SHAPE, f"target {problem or problem_q}")
         if p.shape != (3,) or q.shape != (4,):
             return self._reject(R_SHAPE, f"expected pos (3,) and quat (4,), got {p.shape} and {q.shape}")
         if not (np.all(np.isfinite(p)) and np.all(np.isfinite(q))):
@@ -368,14 +430,93 @@ class SafetyLayer:
         if np.any(rpy < self._rlo) or np.any(rpy > self._rhi):
             return self._reject(R_ORIENTATION, f"target rpy {rpy} outside {self._rlo}..{self._rhi}")
         goal = Pose(p, q)
-        self._accept(goal, is_target=True, now=now, clamped=False)
+        self._accept(goal, kind="target", now=now, clamped=False)
         return Decision(True, target=goal)
 
-    def _accept(self, goal: Pose, is_target: bool, now: float, clamped: bool) -> None:
-        self._goal, self._goal_is_target, self._last_cmd_t = goal, is_target, now
+    def _accept(self, goal: Pose, kind: str, now: float, clamped: bool) -> None:
+        self._goal, self._goal_kind, self._last_cmd_t = goal, kind, now
+        self._goal_speed = (self.config.max_target_speed_m_s, self.config.max_target_speed_rad_s)
         self._c.accepted += 1
         if clamped:
             self._c.clamped += 1
+
+    # ------------------------------------------------------------------ home motions
+    def home_pose(self, home: HomeTarget) -> Pose:
+        """The TCP pose a home puts the arm at: the pose itself, or the forward kinematics of its joint angles.
+        ValueError (naming home.source) when it cannot be computed (wrong length, non-finite, bad transform)."""
+        try:
+            if home.joint_space:
+                m = franka_fk(home.q, None if home.f_t_ee is None else np.asarray(home.f_t_ee, float))
+                return Pose(m[:3, 3].copy(), matrix_to_quat(m[:3, :3]))
+            p, q = np.asarray(home.pos, float), np.asarray(home.quat, float)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{home.source}: {e}") from None
+        if p.shape != (3,) or q.shape != (4,) or not (np.all(np.isfinite(p)) and np.all(np.isfinite(q))):
+            raise ValueError(f"{home.source}: expected a finite position (3) and quaternion (4), got {p} / {q}")
+        if abs(np.linalg.norm(q) - 1.0) > 1e-3:
+            raise ValueError(f"{home.source}: quaternion {q} is not unit (norm {np.linalg.norm(q):.6g})")
+        return Pose(p, quat_normalize(q))
+
+    def check_home(self, home: HomeTarget) -> str:
+        """"" when the home's TCP lies inside the box and the orientation limits, else what is wrong (naming
+        home.source). Counts nothing: for configs at load time; motions go through filter_home."""
+        try:
+            pose = self.home_pose(home)
+        except ValueError as e:
+            return str(e)
+        where = (f"{home.source} = {np.round(np.asarray(home.q, float), 4).tolist()} puts the TCP (forward "
+                 f"kinematics) at {np.round(pose.pos, 4).tolist()} m" if home.joint_space
+                 else f"{home.source}: TCP {np.round(pose.pos, 4).tolist()} m")
+        if np.any(pose.pos < self._lo) or np.any(pose.pos > self._hi):
+            dm, _ = self.violation(pose)
+            return (f"{where}, {dm * 1000:.1f} mm outside the safety workspace box "
+                    f"pos_min {list(map(float, self._lo))} .. pos_max {list(map(float, self._hi))}")
+        rpy = self.orientation_rpy(pose.quat)
+        if np.any(rpy < self._rlo) or np.any(rpy > self._rhi):
+            return (f"{where}, orientation rpy {np.round(rpy, 3).tolist()} rad (from the nominal orientation) outside "
+                    f"the limits rpy_min {list(map(float, self._rlo))} .. rpy_max {list(map(float, self._rhi))}")
+        return ""
+
+    def filter_home(self, home: HomeTarget, now: float, current_pose=None) -> Decision:
+        """The safety entry of a home motion (home service, reset, the server's own homing).
+
+        Rejected (counted, R_HOME) when the home lies outside the limits; a Cartesian home also needs a usable
+        measured pose (it is streamed from there). Accepted: a Cartesian home becomes the goal that next_setpoint
+        approaches at the home speed; a joint-space home leaves the goal empty (the backend moves, the server
+        forgets the motion afterwards). Decision.target is the home's TCP pose.
+        """
+        if self._estop_reason is not None:
+            return self._reject(R_ESTOP, f"home refused: e-stop: {self._estop_reason}")
+        problem = self.check_home(home)
+        if problem:
+            return self._reject(R_HOME, f"home refused: {problem}")
+        goal = self.home_pose(home)
+        if not home.joint_space:
+            cur = self._measured(current_pose)
+            if cur is None:
+                return self._reject(R_STATE, "home refused: the measured pose is invalid")
+            self._last_measured = cur
+            if not self._usable(cur):
+                return self._reject(R_STATE_OUTSIDE, f"home refused: measured pose {np.round(cur.pos, 4).tolist()} "
+                                    "is outside the limits, a Cartesian home cannot be streamed from there; move "
+                                    "the arm back into the workspace (guiding mode)")
+            self._goal, self._goal_kind, self._last_cmd_t = goal, "home", now
+            self._goal_speed = (min(home.speed_m_s, self.config.max_target_speed_m_s),
+                                min(home.speed_rad_s, self.config.max_target_speed_rad_s))
+        else:
+            self.forget_motion()
+        self._c.homes += 1
+        return Decision(True, target=goal)
+
+    def end_home(self) -> None:
+        """A streamed home arrived: drop the home goal, keep the setpoint (the home pose) and hold there until a
+        fresh command (the watchdog state, without re-seating on the measured pose a few mm away)."""
+        self._goal, self._last_cmd_t = None, None
+        self._holding = True
+
+    def count_home(self) -> None:
+        """Count a home reached without streaming (a simulator's teleport after check_home passed)."""
+        self._c.homes += 1
 
     # ------------------------------------------------------------------ the loop
     def next_setpoint(self, current_pose, now: float) -> Setpoint:
@@ -398,7 +539,7 @@ class SafetyLayer:
             return Setpoint(None, holding=True, estop=False)
 
         fresh = (self._goal is not None and self._last_cmd_t is not None
-                 and now - self._last_cmd_t <= self.config.watchdog_timeout_s)
+                 and (self._goal_kind == "home" or now - self._last_cmd_t <= self.config.watchdog_timeout_s))
         if not fresh:
             if not self._holding or self._setpoint is None:
                 if not self._holding:
@@ -410,10 +551,11 @@ class SafetyLayer:
 
         self._holding = False
         goal = self._goal
-        if self._goal_is_target:
+        if self._goal_kind != "delta":
             prev = self._setpoint if self._setpoint is not None else self.clamp(cur)[0]
-            pos = pos_move_towards(prev.pos, goal.pos, self.config.max_target_speed_m_s * dt)
-            quat = quat_move_towards(prev.quat, goal.quat, self.config.max_target_speed_rad_s * dt)
+            speed_m_s, speed_rad_s = self._goal_speed
+            pos = pos_move_towards(prev.pos, goal.pos, speed_m_s * dt)
+            quat = quat_move_towards(prev.quat, goal.quat, speed_rad_s * dt)
         else:
             pos, quat = goal.pos, goal.quat
         # Leash: never lead the measured pose by more than one contract step (no wind-up when blocked).

@@ -2,6 +2,18 @@
 
 Every command path ends in `tick()`, which is the only place that sends poses to the backend, and every pose it
 sends has just passed `SafetyLayer.assert_in_box`. Thread-safe: one lock serializes commands, ticks and services.
+
+Motions the server starts itself go through the same layer:
+
+* home: the backend's `home_target` passes `SafetyLayer.filter_home` first (refused and counted when it lies
+  outside the limits; nothing moves). A Cartesian home (sim twin, franka_ros2) is then streamed by `tick()` at the
+  home speed; a joint-space home (libfranka, panda-python: checked by forward kinematics) is the backend's planned
+  joint motion to exactly the joint angles the layer checked.
+* reset: a sim backend teleports to its home after the same check (and re-randomizes the scene); others home.
+* recover: the backend clears its error without moving; the next setpoint is the layer's (the measured pose clamped
+  into the box), or a native hold when the measured pose is unusable.
+
+A Cartesian home outside the box is a configuration error: the constructor raises ConfigError naming the field.
 """
 from __future__ import annotations
 
@@ -14,7 +26,10 @@ from typing import Any, Optional
 import numpy as np
 
 from robot_server.backends.base import RobotBackend, RobotState
-from robot_server.safety import R_ESTOP, Decision, SafetyConfig, SafetyLayer, SafetyViolation, Setpoint
+from robot_server.geometry import quat_angle
+from robot_server.safety import (R_ESTOP, R_HOME, Decision, HomeTarget, SafetyConfig, SafetyLayer, SafetyViolation,
+                                 Setpoint)
+from robot_server.typed_config import ConfigError
 
 LOG = logging.getLogger("robot_server.core")
 
@@ -45,12 +60,29 @@ class RobotServerCore:
         self._native_hold_sent = False
         self._last_state: Optional[RobotState] = None
         self._last_log: dict[str, float] = {}
+        self._clock: Optional[float] = None  # the last `now` a caller passed: services continue the caller's clock
+        self._check_home_at_start()
+
+    def _check_home_at_start(self) -> None:
+        """A Cartesian home outside the limits: ConfigError now. A joint-space home: a warning now (the layer
+        refuses the motion itself before it would start)."""
+        try:
+            home = self.backend.home_target
+        except Exception as e:  # noqa: BLE001 - e.g. the robot worker cannot answer yet: checked again at home
+            LOG.warning("could not check the backend's home at start: %s", e)
+            return
+        problem = self.safety.check_home(home)
+        if problem and not home.joint_space:
+            raise ConfigError(f"{problem}; move the home inside the box or widen the box (safety config)")
+        if problem:
+            LOG.warning("%s: the home service will refuse to move there", problem)
 
     # ------------------------------------------------------------------ commands
     def on_action(self, action: Any, now: Optional[float] = None) -> Decision:
         """A contract action (7 values in [-1, 1], see contract.py). Never raises on bad input."""
         now = time.monotonic() if now is None else now
         with self._lock:
+            self._clock = now
             state = self._read()
             dec = self.safety.filter_delta(action, state if state is not None and state.ok else None, now)
             if dec.accepted:
@@ -66,6 +98,7 @@ class RobotServerCore:
         """An absolute TCP target in the base frame (quat wxyz). frame_id "" or None means the base frame."""
         now = time.monotonic() if now is None else now
         with self._lock:
+            self._clock = now
             if frame_id not in (None, "", self.base_frame):
                 return self.safety.reject(R_FRAME, f"target in frame {frame_id!r}, expected {self.base_frame!r}")
             dec = self.safety.filter_target(pos, quat, now)
@@ -78,6 +111,7 @@ class RobotServerCore:
         """Run watchdog / rate limiting and send this tick's setpoint. Call at the server loop rate."""
         now = time.monotonic() if now is None else now
         with self._lock:
+            self._clock = now
             return self._tick_locked(now, None)
 
     def _tick_locked(self, now: float, state: Optional[RobotState]) -> Optional[TickResult]:
@@ -143,31 +177,106 @@ class RobotServerCore:
             return False, f"estop latched ({self.safety.estop_reason}); call estop_reset first"
         return None
 
-    def home(self) -> tuple[bool, str]:
+    def home(self, now: Optional[float] = None) -> tuple[bool, str]:
+        """Move home through the safety layer (see the module docstring); blocks until there."""
         with self._lock:
             if (refused := self._refuse_if_estopped("home")) is not None:
                 return refused
-            ok = self._call(self.backend.home)
-            self._after_external_motion()
-            return (True, "homed") if ok else (False, "backend home failed")
+            return self._home_locked(self._service_now(now))
 
-    def reset(self) -> tuple[bool, str]:
-        """Go home; with a sim backend also re-randomize the task scene with the next seed."""
+    def _service_now(self, now: Optional[float]) -> float:
+        """A service's time: as given, else the caller's clock so far (the last `now` passed to a command or tick,
+        e.g. simulated time in the Gymnasium env), else the monotonic clock."""
+        if now is not None:
+            self._clock = now
+            return now
+        return time.monotonic() if self._clock is None else self._clock
+
+    def _home_locked(self, now: float) -> tuple[bool, str]:
+        try:
+            home = self.backend.home_target
+        except Exception as e:  # noqa: BLE001
+            self.backend_errors += 1
+            return False, f"home failed: cannot read the backend's home: {e}"
+        state = self._read() if not home.joint_space else None
+        dec = self.safety.filter_home(home, now, state if state is not None and state.ok else None)
+        if not dec.accepted:
+            LOG.error("%s", dec.detail)
+            return False, dec.detail
+        if home.joint_space:
+            ok = self._call(self.backend.move_home, home)
+            self._after_external_motion(now)
+            return (True, "homed") if ok else (False, "backend home failed")
+        return self._stream_home(home, now)
+
+    def _stream_home(self, home: HomeTarget, now: float, dt: float = 0.02) -> tuple[bool, str]:
+        """Drive the accepted Cartesian home goal with the server loop (next_setpoint + final check + command_pose)
+        until the measured TCP is there; the goal is dropped however this ends."""
+        goal = self.safety.home_pose(home)
+        t = now
+        arrived = False
+        try:
+            for _ in range(max(1, int(np.ceil(home.timeout_s / dt)))):
+                state = self._read()
+                res = self._tick_locked(t, state)
+                if self.safety.estopped:
+                    return False, f"home aborted: e-stop latched ({self.safety.estop_reason})"
+                if state is None or not state.ok or res is None or res.setpoint.pose is None:
+                    why = "no robot state" if state is None else (state.error or "measured pose outside the limits")
+                    return False, f"home aborted: {why}"
+                sp = res.setpoint.pose
+                if (np.linalg.norm(sp.pos - goal.pos) < 1e-9 and quat_angle(sp.quat, goal.quat) < 1e-6
+                        and np.linalg.norm(state.ee_pos - goal.pos) <= home.tolerance_m
+                        and quat_angle(state.ee_quat, goal.quat) <= home.tolerance_rad):
+                    arrived = True
+                    return True, "homed"
+                self.backend.wait(dt)
+                t += dt
+            s = self._last_state
+            return False, (f"home not reached within {home.timeout_s:g} s"
+                           + ("" if s is None else f" (TCP at {np.round(s.ee_pos, 3).tolist()})"))
+        finally:
+            if arrived:  # hold at the home pose until a fresh command
+                self.safety.end_home()
+            else:  # whatever stopped it: forget the goal, re-seat on the measured pose through the layer
+                self._after_external_motion(t)
+
+    def reset(self, now: Optional[float] = None) -> tuple[bool, str]:
+        """Go home; with a sim backend teleport home and re-randomize the task scene with the next seed."""
         with self._lock:
             if (refused := self._refuse_if_estopped("reset")) is not None:
                 return refused
-            reset_task = getattr(self.backend, "reset_task", None)
-            if reset_task is None:
-                ok = self._call(self.backend.home)
-                self._after_external_motion()
-                return (True, "homed") if ok else (False, "backend home failed")
-            self.seed = None if self.seed is None else int(self.seed) + 1
-            ok = self._call(reset_task, self.task, self.seed)
-            self._after_external_motion()
-            instruction = getattr(self.backend, "instruction", "")
-            if not ok:
-                return False, "backend reset failed"
-            return True, f"reset: task={self.task or '-'} seed={self.seed} instruction={instruction!r}"
+            if getattr(self.backend, "reset_task", None) is None:
+                return self._home_locked(self._service_now(now))
+            seed = None if self.seed is None else int(self.seed) + 1
+            return self._reset_scene_locked(self.task, seed, self._service_now(now))
+
+    def reset_scene(self, task: Optional[str], seed: Optional[int], now: Optional[float] = None) -> tuple[bool, str]:
+        """Sim only: teleport to the (checked) home and load the scene of `task` with `seed`."""
+        with self._lock:
+            if (refused := self._refuse_if_estopped("reset")) is not None:
+                return refused
+            return self._reset_scene_locked(task, seed, self._service_now(now))
+
+    def _reset_scene_locked(self, task: Optional[str], seed: Optional[int], now: float) -> tuple[bool, str]:
+        try:
+            home = self.backend.home_target
+        except Exception as e:  # noqa: BLE001
+            self.backend_errors += 1
+            return False, f"reset failed: cannot read the backend's home: {e}"
+        # A teleport starts from anywhere (that is what a scene reset is for): only the home itself is checked.
+        problem = self.safety.check_home(home)
+        if problem:
+            dec = self.safety.reject(R_HOME, f"reset refused: {problem}")
+            return False, dec.detail
+        self.safety.count_home()
+        self.task, self.seed = task or None, seed
+        ok = self._call(self.backend.reset_task, self.task, self.seed)
+        self._after_external_motion(now)
+        instruction = getattr(self.backend, "instruction", "")
+        if not ok:
+            return False, "backend reset failed"
+        return True, f"reset: task={self.task or '-'} seed={self.seed} instruction={instruction!r}"
 
     def set_gripper(self, close: bool) -> tuple[bool, str]:
         with self._lock:
@@ -179,12 +288,13 @@ class RobotServerCore:
                 self._gripper_cmd = value
             return (True, "gripper closing" if close else "gripper opening") if ok else (False, "backend failed")
 
-    def recover(self) -> tuple[bool, str]:
+    def recover(self, now: Optional[float] = None) -> tuple[bool, str]:
+        """Clear the backend's error (it moves nothing); the setpoint is then re-seated through the layer."""
         with self._lock:
             if (refused := self._refuse_if_estopped("recover")) is not None:
                 return refused
             ok = self._call(self.backend.recover)
-            self._after_external_motion()
+            self._after_external_motion(self._service_now(now))
             return (True, "recovered") if ok else (False, "backend recover failed")
 
     def estop(self, reason: str = "estop service") -> tuple[bool, str]:
@@ -200,13 +310,17 @@ class RobotServerCore:
             self.safety.reset_estop()
             return True, "e-stop reset; holding until a fresh command" if was else "e-stop was not latched"
 
-    def on_external_motion(self) -> None:
-        """Call after the backend moved the arm by itself (home, scene reset): the old goal is forgotten so
-        nothing drags the arm back, and the server holds until a fresh command."""
+    def on_external_motion(self, now: Optional[float] = None) -> None:
+        """Call after the arm moved without the server's setpoints (home, scene reset, error recovery): the old
+        goal is forgotten so nothing drags the arm back, and the setpoint is re-seated through the layer (the
+        measured pose, clamped into the box; a native hold when that pose is unusable) until a fresh command."""
         with self._lock:
-            self.safety.forget_motion()
+            if not self.safety.estopped:  # a latched e-stop keeps its frozen setpoint
+                self.safety.forget_motion()
             self._native_hold_sent = False
             self._gripper_cmd = None  # unknown after an external reset: the next action's gripper is sent
+            if now is not None:
+                self._tick_locked(now, None)
 
     _after_external_motion = on_external_motion  # old name, kept for callers
 

@@ -21,7 +21,12 @@ from rclpy.parameter import Parameter
 
 from helpers import stream, wait_for
 from peers import provision, servers
+from robot_server.backends.franka_libfranka import FrankaLibfrankaBackend, FrankaLibfrankaConfig, GripperConfig
+from robot_server.geometry import matrix_to_quat, quat_angle
+from robot_server.kinematics import franka_fk
 from robot_server.robot_node import RobotNode
+from robot_server.safety import R_HOME, SafetyConfig
+from robot_server.server_core import RobotServerCore
 from ros_clients import RobotClient
 
 pytestmark = pytest.mark.ros
@@ -74,6 +79,13 @@ def test_fr3_backend_through_robot_node_against_franky_sim(franky_sim, franky_cl
     wait_for(lambda: np.linalg.norm(c.ee_pos() - READY_POS) < 0.01, 5.0, message=f"not at ready: {c.ee_pos()}")
     st = c.latest_status()
     assert st["backend_error"] == "" and not st["estop"], st
+    # The home went through the safety layer: home_q checked by forward kinematics (with the robot's own F_T_EE),
+    # which agrees with the robot's measured O_T_EE.
+    c.wait_status(lambda st: st["counters"]["homes"] == 1, timeout=10.0)
+    s = node.backend.read_state()
+    m = franka_fk(s.q, node.backend.call("flange_to_tcp"))
+    print(f"FK {np.round(m[:3, 3], 4)} vs measured TCP {np.round(s.ee_pos, 4)}")
+    assert np.linalg.norm(m[:3, 3] - s.ee_pos) < 1e-3 and quat_angle(matrix_to_quat(m[:3, :3]), s.ee_quat) < 1e-3
 
     # Absolute target, approached at the safety layer's speed, tracked by the 1 kHz impedance loop.
     goal = np.array([0.42, 0.08, 0.40])
@@ -139,6 +151,30 @@ def test_fr3_backend_through_robot_node_against_franky_sim(franky_sim, franky_cl
     node.backend.close()
     wait_for(lambda: node.backend.worker_exit_code is not None, 10.0, message=f"worker {worker} still running")
     assert node.backend.worker_exit_code == 0
+
+
+def test_fr3_home_outside_the_box_is_refused_before_the_move(franky_sim, franky_client):
+    """home_q is checked by forward kinematics (with the flange -> TCP transform the robot reports) before the
+    planned joint motion: a home whose TCP lies outside the box is refused, counted, and the robot gets no motion."""
+    sideways = (1.2, -0.785398, 0.0, -2.356194, 0.0, 1.570796, 0.785398)  # ready pose turned: TCP at y ~ 0.29 m
+    backend = FrankaLibfrankaBackend(FrankaLibfrankaConfig(
+        hostname=servers.HOST, realtime=False, extra_pythonpath=(str(franky_client),), home_q=sideways,
+        gripper=GripperConfig(enabled=False)))
+    try:
+        core = RobotServerCore(backend, safety_config=SafetyConfig(pos_min=BOX_MIN, pos_max=BOX_MAX,
+                                                                   nominal_quat=DOWN))
+        q0 = backend.read_state().q
+        for call in (core.home, core.reset):
+            ok, msg = call()
+            print(f"\n{msg}")
+            assert not ok and "franka_libfranka.home_q" in msg and "outside" in msg, msg
+        # move_home blocks until the robot is there: had it been sent, the joints would differ now.
+        assert np.abs(backend.read_state().q - q0).max() < 1e-4
+        assert backend.status()["robot_mode"] != "Move" and not backend.status()["tracking"]
+        st = core.status()
+        assert st["counters"]["reasons"][R_HOME] == 2 and st["counters"]["homes"] == 0, st["counters"]
+    finally:
+        backend.close()
 
 
 def test_panda_backend_refuses_fr3_protocol_clearly(franky_sim):

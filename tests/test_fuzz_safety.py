@@ -180,3 +180,30 @@ def test_fuzz_core_and_twin_never_leave_box(backend):
 def _pose(st):
     from robot_server.geometry import Pose
     return Pose(np.asarray(st.ee_pos, float), np.asarray(st.ee_quat, float))
+
+
+@pytest.mark.ros
+def test_bench_fuzz_safety_quick(tmp_path):
+    """benchmarks/bench_fuzz_safety.py --quick: 3,000 fuzzed inputs (150 of them over DDS to a real robot_node in
+    this session's private domain); nothing commanded outside the box, the node survives, the last line is PASS."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "fuzz.json"
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_fuzz_safety.py"), "--quick", "--json",
+                        str(out)], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    print(r.stdout[-4000:], r.stderr[-2000:])
+    assert r.returncode == 0, "the quick fuzz benchmark failed (output above)"
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("PASS:"), last
+    doc = json.loads(out.read_text())
+    assert doc["inputs"] == 3000 and doc["outside"] == 0 and doc["final_check_failures"] == 0
+    assert doc["node_survived"] is True and doc["parts"]["dds"]["inputs"] == 150
+    assert doc["commanded"] > 1000 and doc["totals"]["homes"] >= 1
+    for reason in ("non-finite", "out of range", "wrong shape", "outside workspace", "bad quaternion", "wrong frame"):
+        assert doc["reasons"].get(reason, 0) > 0, reason

@@ -271,3 +271,30 @@ def test_session_resumes_after_sigkill_losing_at_most_1000_transitions(tiny_ckpt
     # Rerunning a finished session does nothing and returns the same summary.
     run3 = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert run3.returncode == 0 and "complete" in run3.stderr
+
+
+def test_latent_env_passes_out_of_range_actions_to_the_safety_layer(tiny_ckpt):
+    """No clipping before the safety layer: an out-of-range action is rejected and counted there (the arm holds),
+    a non-finite one is counted and then refused loudly (it would poison the buffers)."""
+    from policy.model import load_vla
+    from rl_agent.env import LatentEncoder, LatentEnv
+    from rl_helpers import REACH_TASKS
+
+    env = LatentEnv(LatentEncoder(load_vla(tiny_ckpt)), "reach_point", task_files=[REACH_TASKS], keep_images=False)
+    try:
+        env.reset(seed=0)
+        p0 = env.twin.state().ee_pos.copy()
+        for _ in range(5):
+            _, _, _, _, info = env.step(np.array([1.5, 0, 0, 0, 0, 0, -1], np.float32))
+            assert info["rejected"] == "out of range" and info["safety"]["rejected"] == "out of range"
+        assert np.linalg.norm(env.twin.state().ee_pos - p0) < 0.005  # held, not clipped to a full step
+        assert env.safety_rejections == 5 and env.safety_rejection_reasons == {"out of range": 5}
+        assert env.safety_stats["reasons"]["out of range"] == 5 and info["safety"]["rejections"] == 5
+        assert env.trace.actions[-1][0] == np.float32(1.5)  # recorded as given
+        _, _, _, _, info = env.step(np.array([1.0, 0, 0, 0, 0, 0, -1], np.float32))  # the boundary is fine
+        assert "rejected" not in info and info["safety"]["rejected"] == ""
+        with pytest.raises(ValueError, match="non-finite"):
+            env.step(np.array([np.nan, 0, 0, 0, 0, 0, -1], np.float32))
+        assert env.safety_stats["reasons"]["non-finite"] == 1
+    finally:
+        env.close()

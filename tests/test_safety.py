@@ -89,6 +89,10 @@ def test_geometry_roundtrips():
     ("0000000", R_SHAPE),
     (None, R_SHAPE),
     ([0, 0, 0, 0, 0, 0, "x"], R_SHAPE),
+    (["0.5"] * 7, R_SHAPE),  # numbers as strings are refused, not converted
+    ([True] * 7, R_SHAPE),
+    ([0.5j] * 7, R_SHAPE),
+    ([0, 0, 0, 0, 0, 0, 10 ** 400], R_SHAPE),  # an int no float holds
     ([0, 0, np.nan, 0, 0, 0, 0], R_NONFINITE),
     ([0, 0, 0, np.inf, 0, 0, 0], R_NONFINITE),
     ([0, 0, 0, 0, 0, 0, -np.inf], R_NONFINITE),
@@ -183,6 +187,8 @@ def test_target_validation():
         (([0.5, 0, 0.2], [0, 0.5, 0, 0]), R_QUAT),
         (([0.5, 0, 0.2, 1], q), R_SHAPE),
         (([0.5, 0, 0.2], q[:3]), R_SHAPE),
+        ((["0.5", "0", "0.2"], q), R_SHAPE),
+        (([0.5, 0, 0.2], [None, 1, 0, 0]), R_SHAPE),
         (([0.8, 0, 0.2], q), R_WORKSPACE),
         (([0.5, 0, 0.0], q), R_WORKSPACE),
         (([0.5, -0.4, 0.2], q), R_WORKSPACE),

@@ -82,7 +82,10 @@ def test_reset_uses_next_seed_and_rerandomizes(core, backend):
     assert backend.twin.episode_seed == 1
     assert np.linalg.norm(backend.twin.object_pos("red_block") - block0) > 1e-3
     np.testing.assert_allclose(backend.read_state().ee_pos, backend.home_pos, atol=0.01)
-    assert core.safety.holding and core.safety.setpoint is None  # waits for a fresh command
+    # Waits for a fresh command, holding the setpoint the layer re-seated on the measured (home) pose.
+    assert core.safety.holding
+    np.testing.assert_allclose(core.safety.setpoint.pos, backend.read_state().ee_pos, atol=1e-6)
+    assert core.safety.stats["homes"] == 1
 
 
 def test_home_moves_back_gently(core, backend):

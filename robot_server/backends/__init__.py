@@ -10,6 +10,9 @@ twin never imports a robot binding (and a missing binding only fails for the bac
 
 Hardware backends take a YAML config (config/backends/*.yaml); `load_config(cls, source)` turns a path or mapping
 into the backend's typed dataclass, rejecting unknown keys and wrong types with the offending key in the message.
+`load_backend_config(kind, source)` does that for a backend by name (without connecting to anything): its
+`home_target()` is what robot_server checks against the safety box when the config loads
+(robot_server/config.py: `check_backend_home`).
 """
 from __future__ import annotations
 
@@ -34,6 +37,24 @@ BACKENDS: dict[str, str] = {
 }
 
 
+# name -> ("module:ConfigClass", YAML section)
+BACKEND_CONFIGS: dict[str, tuple[str, Optional[str]]] = {
+    "sim": ("robot_server.backends:SimBackendConfig", "sim"),
+    "franka_libfranka": ("robot_server.backends.franka_libfranka:FrankaLibfrankaConfig", "franka_libfranka"),
+    "panda_py": ("robot_server.backends.panda_py:PandaPyConfig", "panda_py"),
+    "franka_ros2": ("robot_server.backends.franka_ros2:FrankaRos2Config", "franka_ros2"),
+}
+
+
+def load_backend_config(kind: str, config: Union[None, str, Path, dict] = None):
+    """The typed config of backend `kind` from a YAML path / mapping (None: defaults), as its factory loads it."""
+    if kind not in BACKEND_CONFIGS:
+        raise ValueError(f"unknown backend {kind!r}; available: {sorted(BACKEND_CONFIGS)}")
+    target, section = BACKEND_CONFIGS[kind]
+    module, name = target.split(":")
+    return load_config(getattr(importlib.import_module(module), name), config, section)
+
+
 def make_backend(kind: str, config: Union[None, str, Path, dict] = None, task: Optional[str] = None,
                  seed: Optional[int] = None):
     """Build the backend registered as `kind` (see BACKENDS) from a YAML path / mapping (None: its defaults)."""
@@ -47,6 +68,18 @@ def make_backend(kind: str, config: Union[None, str, Path, dict] = None, task: O
 class SimBackendConfig:
     image_size: int = 224  # camera render size: match what the policy was trained on (the default model: 96)
     render_detail: str = "fast"
+
+    def home_target(self, section: str = "sim"):
+        """The twin's home (sim_twin/twin.py; not configurable): checked against the safety box like the others."""
+        from robot_server.safety import HomeTarget
+        from sim_twin.twin import HOME_POS, HOME_QUAT
+        return HomeTarget(pos=tuple(HOME_POS), quat=tuple(HOME_QUAT),
+                          source="sim twin home (sim_twin/twin.py HOME_POS, HOME_QUAT)")
+
+    @property
+    def nominal_quat_wxyz(self) -> tuple[float, ...]:
+        from sim_twin.twin import HOME_QUAT
+        return tuple(float(v) for v in HOME_QUAT)
 
 
 def create_sim(config=None, task: Optional[str] = None, seed: Optional[int] = None):

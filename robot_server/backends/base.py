@@ -1,15 +1,21 @@
 """The interface every robot backend implements (MuJoCo twin now, a real Franka later).
 
 A backend is deliberately dumb: it executes setpoints that already passed the safety layer and reports state.
-It never decides what is safe, so the sim and the real arm cannot diverge in their limits.
+It never decides what is safe, so the sim and the real arm cannot diverge in their limits. It does not move the arm
+on its own either: home, reset and recover are driven by RobotServerCore through the safety layer. A backend only
+describes its home (`home_target`: a TCP pose the core streams through the layer, or joint angles) and, for a
+joint-space home, executes the planned joint motion the layer allowed (`move_home`).
 """
 from __future__ import annotations
 
 import abc
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+
+from robot_server.safety import HomeTarget
 
 PANDA_ARM_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
 
@@ -42,13 +48,25 @@ class RobotBackend(abc.ABC):
     def command_gripper(self, close: float) -> None:
         """0.0 = open, 1.0 = closed (grasp)."""
 
+    @property
     @abc.abstractmethod
-    def home(self) -> None:
-        """Move to the home pose with the backend's own (joint-space / interpolated) motion; blocks until done."""
+    def home_target(self) -> HomeTarget:
+        """Where home is: a TCP pose (RobotServerCore streams it through the safety layer with command_pose) or
+        joint angles (checked by the layer's forward kinematics, then executed by move_home)."""
+
+    def move_home(self, home: HomeTarget) -> None:
+        """Joint-space homes only: the planned joint motion to home.q, which the safety layer has just allowed;
+        blocks until done. Called by RobotServerCore only."""
+        raise NotImplementedError(f"{type(self).__name__} has a Cartesian home: the server streams it")
+
+    def wait(self, seconds: float) -> None:
+        """Let `seconds` of robot time pass (a hand-stepped simulation steps its physics instead)."""
+        time.sleep(seconds)
 
     @abc.abstractmethod
     def recover(self) -> None:
-        """Clear a recoverable controller error (a reflex on the real arm)."""
+        """Clear a recoverable controller error (a reflex on the real arm). Moves nothing: afterwards the server
+        re-seats the setpoint through the safety layer (or holds natively when the measured pose is unusable)."""
 
     @abc.abstractmethod
     def hold(self) -> None:

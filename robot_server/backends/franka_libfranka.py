@@ -49,6 +49,8 @@ import numpy as np
 
 from robot_server.backends import load_config
 from robot_server.backends.base import RobotBackend, RobotState
+from robot_server.geometry import matrix_to_quat
+from robot_server.safety import HomeTarget
 
 LOG = logging.getLogger("robot_server.backends.franka_libfranka")
 
@@ -63,27 +65,6 @@ def quat_to_matrix(q_wxyz) -> np.ndarray:
     return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
                      [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
                      [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
-
-
-def matrix_to_quat(r) -> np.ndarray:
-    """Rotation matrix -> unit quaternion wxyz with w >= 0 (Shepperd's method, numerically safe)."""
-    r = np.asarray(r, float)
-    tr = np.trace(r)
-    if tr > 0:
-        s = 2.0 * np.sqrt(tr + 1.0)
-        q = [0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s]
-    else:
-        i = int(np.argmax(np.diag(r)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * np.sqrt(1.0 + r[i, i] - r[j, j] - r[k, k])
-        q = [0.0] * 4
-        q[0] = (r[k, j] - r[j, k]) / s
-        q[1 + i] = 0.25 * s
-        q[1 + j] = (r[j, i] + r[i, j]) / s
-        q[1 + k] = (r[k, i] + r[i, k]) / s
-    q = np.asarray(q)
-    q /= np.linalg.norm(q)
-    return -q if q[0] < 0 else q
 
 
 def pose_matrix(pos, quat_wxyz) -> np.ndarray:
@@ -171,6 +152,18 @@ class FrankaLibfrankaConfig:
             raise ValueError(f"nominal_quat_wxyz must be a unit quaternion, got {self.nominal_quat_wxyz}")
         if not (0.0 < self.relative_dynamics_factor <= 1.0 and 0.0 < self.home_dynamics_factor <= 1.0):
             raise ValueError("dynamics factors must lie in (0, 1]")
+        if not all(np.isfinite(self.home_q)):
+            raise ValueError(f"home_q must be finite, got {self.home_q}")
+
+    def home_target(self, section: str = "franka_libfranka", f_t_ee=None) -> HomeTarget:
+        """The joint-space home for the safety layer's forward-kinematics check. f_t_ee: flange -> TCP as the
+        robot reports it (16 values, column major); None (config load, no robot yet): the Franka Hand, times
+        ne_t_ee when that is configured."""
+        if f_t_ee is None and self.ne_t_ee is not None:
+            from robot_server.kinematics import as_transform, franka_hand_f_t_ee
+            f_t_ee = (franka_hand_f_t_ee() @ as_transform(self.ne_t_ee)).flatten(order="F")
+        return HomeTarget(q=tuple(self.home_q), f_t_ee=None if f_t_ee is None else tuple(map(float, f_t_ee)),
+                          source=f"{section}.home_q", timeout_s=self.home_timeout_s)
 
 
 def create(config=None, task: Optional[str] = None, seed: Optional[int] = None) -> "FrankaLibfrankaBackend":
@@ -186,6 +179,7 @@ class WorkerBackend(RobotBackend):
     """A RobotBackend whose robot lives in a worker process running `driver` (see DRIVERS)."""
 
     driver: str = ""
+    config_section: str = ""  # the YAML section of its config (named in messages about its fields)
 
     def __init__(self, config, *, joint_names: tuple[str, ...]):
         self.config = config
@@ -296,8 +290,16 @@ class WorkerBackend(RobotBackend):
     def command_gripper(self, close: float) -> None:
         self.call("command_gripper", float(close))
 
-    def home(self) -> None:
-        self.call("home", timeout=self.config.home_timeout_s)
+    @property
+    def home_target(self) -> HomeTarget:
+        """home_q with the flange -> TCP transform the robot reports now (what its O_T_EE uses)."""
+        return self.config.home_target(self.config_section, f_t_ee=self.call("flange_to_tcp"))
+
+    def move_home(self, home: HomeTarget) -> None:
+        """The planned joint motion to home.q (already allowed by the safety layer's forward-kinematics check)."""
+        if home.q is None:
+            raise ValueError("move_home needs a joint-space home")
+        self.call("home", [float(v) for v in home.q], timeout=self.config.home_timeout_s)
 
     def recover(self) -> None:
         self.call("recover", timeout=max(10.0, self.config.rpc_timeout_s))
@@ -343,6 +345,7 @@ class WorkerBackend(RobotBackend):
 
 class FrankaLibfrankaBackend(WorkerBackend):
     driver = "franky"
+    config_section = "franka_libfranka"
 
     def __init__(self, config: Optional[FrankaLibfrankaConfig] = None):
         config = config or FrankaLibfrankaConfig()
@@ -544,12 +547,17 @@ class FrankyDriver:
                 self._set_fault(str(e).strip().replace("\n", " "))
                 raise RuntimeError(self.fault) from None
 
-    def home(self) -> None:
+    def flange_to_tcp(self) -> list:
+        """F_T_EE (flange -> TCP) as the robot uses it for O_T_EE: 16 values, column major."""
+        return np.asarray(self.robot.state.F_T_EE.matrix, float).flatten(order="F").tolist()
+
+    def home(self, q) -> None:
+        """Planned joint motion to q (robot_server checked its TCP against the safety box first)."""
         self._refuse_if_faulted("home")
         self._stop_tracker()
         if self.gripper is not None and self.cfg["open_gripper_on_home"]:
             self.gripper.command(0.0)
-        motion = self.f.JointMotion(self.f.JointState(np.asarray(self.cfg["home_q"], float)),
+        motion = self.f.JointMotion(self.f.JointState(np.asarray(q, float)),
                                     relative_dynamics_factor=self.f.RelativeDynamicsFactor(
                                         self.cfg["home_dynamics_factor"]))
         try:

@@ -14,13 +14,16 @@ loop in ros2_control. This backend lives in robot_server's process with its own 
     settings franka_msgs/srv/SetFullCollisionBehavior on /service_server/set_full_collision_behavior (at start,
              when `collision` is configured)
 
-Home streams an interpolated Cartesian path to `home_pos` / `home_quat_wxyz` through the same controller (switching
-controllers would need controller_manager's services; a gentle Cartesian path needs nothing else).
+Home is the Cartesian pose `home_pos` / `home_quat_wxyz`: robot_server checks it against the safety box when the
+config loads, and the server streams the path there through the safety layer to the same controller, at
+`home_speed_m_s` / `home_speed_rad_s` (switching controllers would need controller_manager's services; a gentle
+Cartesian path needs nothing else). The backend itself never moves the arm.
 
 Reflexes: robot mode REFLEX / USER_STOPPED latches a fault (named by the error flags). read_state reports ok=False
-with the message, commands are refused, and the recover service runs the ErrorRecovery action and re-seats the
-controller's target on the measured pose. A robot state older than `state_timeout_s`, or a controller that does not
-subscribe to the target topic, also make the state not ok, with the reason.
+with the message, commands are refused, and the recover service runs the ErrorRecovery action; the server then
+re-seats the controller's target on the measured pose through the safety layer. A robot state older than
+`state_timeout_s`, or a controller that does not subscribe to the target topic, also make the state not ok, with the
+reason.
 
 franka_msgs is imported at construction only (importlib): without franka_ros2 the backend says what is missing.
 """
@@ -38,7 +41,7 @@ import numpy as np
 from robot_server.backends import load_config
 from robot_server.backends.base import RobotBackend, RobotState
 from robot_server.backends.franka_libfranka import GRIPPER_DOWN_WXYZ, CollisionConfig
-from robot_server.geometry import pos_move_towards, quat_angle, quat_move_towards
+from robot_server.safety import HomeTarget
 
 LOG = logging.getLogger("robot_server.backends.franka_ros2")
 
@@ -86,6 +89,12 @@ class FrankaRos2Config:
         for name in ("home_quat_wxyz", "nominal_quat_wxyz"):
             if abs(np.linalg.norm(getattr(self, name)) - 1.0) > 1e-3:
                 raise ValueError(f"{name} must be a unit quaternion (wxyz)")
+
+    def home_target(self, section: str = "franka_ros2") -> HomeTarget:
+        return HomeTarget(pos=tuple(self.home_pos), quat=tuple(self.home_quat_wxyz),
+                          source=f"{section}.home_pos / {section}.home_quat_wxyz", speed_m_s=self.home_speed_m_s,
+                          speed_rad_s=self.home_speed_rad_s, tolerance_m=self.home_tolerance_m,
+                          timeout_s=self.home_timeout_s)
 
 
 def create(config=None, task: Optional[str] = None, seed: Optional[int] = None) -> "FrankaRos2Backend":
@@ -303,27 +312,9 @@ class FrankaRos2Backend(RobotBackend):
             raise RuntimeError(f"gripper action server {name} not available (franka_gripper running?)")
         client.send_goal_async(goal)  # a grasp takes about a second; the result is not waited for
 
-    def home(self) -> None:
-        """Stream an interpolated Cartesian path to the home pose at a gentle speed; blocks until there."""
-        c = self.config
-        start = self.read_state()
-        if not start.ok:
-            raise RuntimeError(f"home refused: {start.error}")
-        goal_p, goal_q = np.asarray(c.home_pos, float), np.asarray(c.home_quat_wxyz, float)
-        p, q = start.ee_pos, start.ee_quat
-        dt = 0.02
-        deadline = time.monotonic() + c.home_timeout_s
-        while True:
-            p = pos_move_towards(p, goal_p, c.home_speed_m_s * dt)
-            q = quat_move_towards(q, goal_q, c.home_speed_rad_s * dt)
-            self.command_pose(p, q)
-            s = self.read_state()
-            if (np.allclose(p, goal_p) and quat_angle(q, goal_q) < 1e-6
-                    and np.linalg.norm(s.ee_pos - goal_p) < c.home_tolerance_m):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"home not reached within {c.home_timeout_s:g} s (at {np.round(s.ee_pos, 3)})")
-            time.sleep(dt)
+    @property
+    def home_target(self) -> HomeTarget:
+        return self.config.home_target()
 
     def recover(self) -> None:
         c = self.config
@@ -348,8 +339,9 @@ class FrankaRos2Backend(RobotBackend):
                    c.action_timeout_s, "robot still in reflex after error recovery")
         with self._lock:
             self.fault = ""
+        # The controller's target goes back on the measured pose with the server's next setpoint (through the
+        # safety layer): nothing jumps to an old target.
         LOG.warning("recovered")
-        self.hold()  # the controller's target back on the measured pose: nothing jumps to an old target
 
     def close(self) -> None:
         self._spin_stop.set()

@@ -8,13 +8,15 @@ libfranka builds must not share a process.
 
 Control: panda-python's CartesianImpedance torque controller runs in its C++ thread at 1 kHz. It has no error
 clipping; instead its first-order filter (`filter_coeff`, applied every 1 ms cycle) interpolates the reference from
-the old to the new target, so 10 Hz target steps become smooth 1 kHz references. Home is its planned joint motion.
+the old to the new target, so 10 Hz target steps become smooth 1 kHz references. Home is its planned joint motion
+to `home_q`, which robot_server first checks against the safety box by forward kinematics (with the robot's F_T_EE).
 Reflexes: panda-python's controller thread stops on a libfranka error; the robot's mode / error flags are checked on
 every state read and latched as for the FR3 until the recover service calls `recover()`.
 
 No simulator speaks the libfranka 0.9 protocol, so beyond the import and the version check at connect
-(tests/test_backend_franky_sim.py) this backend is untested here; try it on the robot in the safe first-motion
-setting of docs/lab_setup.md.
+(tests/test_backend_franky_sim.py) and its home check at the safety layer with its own config
+(tests/test_home_safety.py) this backend is untested here; try it on the robot in the safe first-motion setting of
+docs/lab_setup.md.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import numpy as np
 from robot_server.backends import load_config
 from robot_server.backends.franka_libfranka import (GRIPPER_DOWN_WXYZ, CollisionConfig, GripperConfig, GripperWorker,
                                                     WorkerBackend, matrix_to_quat)
+from robot_server.safety import HomeTarget
 
 LOG = logging.getLogger("robot_server.backends.panda_py")
 
@@ -74,10 +77,19 @@ class PandaPyConfig:
             raise ValueError(f"home_q needs 7 joint angles, got {len(self.home_q)}")
         if not 0.0 < self.home_speed_factor <= 1.0:
             raise ValueError("home_speed_factor must lie in (0, 1]")
+        if not all(np.isfinite(self.home_q)):
+            raise ValueError(f"home_q must be finite, got {self.home_q}")
+
+    def home_target(self, section: str = "panda_py", f_t_ee=None) -> HomeTarget:
+        """The joint-space home for the safety layer's forward-kinematics check. f_t_ee: flange -> TCP as the
+        robot reports it (16 values, column major); None (config load, no robot yet): the Franka Hand."""
+        return HomeTarget(q=tuple(self.home_q), f_t_ee=None if f_t_ee is None else tuple(map(float, f_t_ee)),
+                          source=f"{section}.home_q", timeout_s=self.home_timeout_s)
 
 
 class PandaPyBackend(WorkerBackend):
     driver = "panda_py"
+    config_section = "panda_py"
 
     def __init__(self, config: Optional[PandaPyConfig] = None):
         config = config or PandaPyConfig()
@@ -184,7 +196,12 @@ class PandaPyDriver:
             return
         self.gripper.command(close)
 
-    def home(self) -> None:
+    def flange_to_tcp(self) -> list:
+        """F_T_EE (flange -> TCP) as the robot uses it for O_T_EE: 16 values, column major."""
+        return [float(v) for v in self.panda.get_state().F_T_EE]
+
+    def home(self, q) -> None:
+        """Planned joint motion to q (robot_server checked its TCP against the safety box first)."""
         self._check()
         if self.fault:
             raise RuntimeError(f"home refused: {self.fault}")
@@ -193,10 +210,9 @@ class PandaPyDriver:
             self.ctrl = None
         if self.gripper is not None and self.cfg["open_gripper_on_home"]:
             self.gripper.command(0.0)
-        if not self.panda.move_to_joint_position(np.asarray(self.cfg["home_q"], float),
-                                                 speed_factor=self.cfg["home_speed_factor"]):
+        if not self.panda.move_to_joint_position(np.asarray(q, float), speed_factor=self.cfg["home_speed_factor"]):
             self._check()
-            raise RuntimeError(f"home motion did not reach {self.cfg['home_q']}: {self.fault or 'no error reported'}")
+            raise RuntimeError(f"home motion did not reach {list(q)}: {self.fault or 'no error reported'}")
 
     def recover(self) -> None:
         if self.ctrl is not None:

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from robot_server.backends.base import PANDA_ARM_JOINTS, RobotBackend, RobotState
-from robot_server.geometry import quat_angle, quat_slerp
+from robot_server.safety import HomeTarget
 from sim_twin.twin import Twin, TwinConfig
 
 LOG = logging.getLogger("robot_server.backends.sim")
@@ -128,24 +128,19 @@ class SimTwinBackend(RobotBackend):
             if np.all(np.isfinite(s.ee_pos)) and np.all(np.isfinite(s.ee_quat)):
                 self.twin.set_target(s.ee_pos, s.ee_quat, self._gripper)
 
-    def home(self, timeout_s: float = 10.0) -> None:
-        """Interpolated Cartesian move to home at a gentle speed, then a short settle; blocks."""
-        start = self.read_state()
-        p0, q0 = start.ee_pos, start.ee_quat
-        p1, q1 = self.twin.home_pos, self.twin.home_quat
-        duration = max(float(np.linalg.norm(p1 - p0)) / self._home_speed_m_s,
-                       quat_angle(q0, q1) / self._home_speed_rad_s, 0.2)
-        duration = min(duration, timeout_s)
-        n = max(1, int(np.ceil(duration / 0.02)))
-        for k in range(1, n + 1):
-            s = k / n
-            self.command_pose(p0 + (p1 - p0) * s, quat_slerp(q0, q1, s))
-            self._wait(duration / n)
-        self._wait(0.3)
+    @property
+    def home_target(self) -> HomeTarget:
+        """The twin's home TCP pose, streamed by the server through the safety layer at a gentle speed."""
+        return HomeTarget(pos=tuple(self.twin.home_pos), quat=tuple(self.twin.home_quat),
+                          source="sim twin home (sim_twin/twin.py HOME_POS, HOME_QUAT)",
+                          speed_m_s=self._home_speed_m_s, speed_rad_s=self._home_speed_rad_s, tolerance_m=0.005,
+                          tolerance_rad=0.02, timeout_s=10.0)
+
+    def wait(self, seconds: float) -> None:
+        self._wait(seconds)
 
     def recover(self) -> None:
-        # The twin has no reflexes to clear; re-seat the target on the measured pose so nothing jumps afterwards.
-        self.hold()
+        """The twin has no reflexes to clear; the server re-seats the setpoint through the safety layer."""
 
     def close(self) -> None:
         self._running = False
@@ -157,11 +152,12 @@ class SimTwinBackend(RobotBackend):
 
     # ------------------------------------------------------------------ twin extras
     def reset_task(self, task: Optional[str] = None, seed: Optional[int] = None) -> RobotState:
-        """Teleport the arm home and re-randomize the task scene (sim only)."""
+        """Teleport the arm to the twin's home and re-randomize the task scene (sim only; the twin's controller
+        target is its home pose). RobotServerCore checks that home against the safety layer first and re-seats
+        the setpoint through the layer afterwards."""
         with self._lock:
             self.twin.reset(task, seed)
             self._gripper = 0.0
-            self.twin.set_target(self.twin.home_pos, self.twin.home_quat, 0.0)
         return self.read_state()
 
     def success(self) -> bool:

@@ -21,6 +21,7 @@ from std_srvs.srv import SetBool, Trigger
 from helpers import stream, wait_for
 from robot_server import ros_interface as ri
 from robot_server.robot_node import RobotNode
+from robot_server.typed_config import ConfigError
 from ros_clients import RobotClient, Sink
 
 pytestmark = pytest.mark.ros
@@ -29,6 +30,7 @@ PEER = Path(__file__).with_name("franka_ros2_peer.py")
 BASE = "fr3_link0"
 DOWN = (0.0, 1.0, 0.0, 0.0)
 HOME = np.array([0.35, 0.0, 0.40])
+BOX_MIN, BOX_MAX = [0.25, -0.25, 0.2], [0.6, 0.25, 0.5]
 LOWER_TORQUE = [25.0, 25.0, 22.0, 22.0, 19.0, 17.0, 14.0]
 
 
@@ -49,30 +51,45 @@ def peer(tmp_path):
         log.close()
 
 
-def test_franka_ros2_backend_against_peer(peer, ros_context, spin_thread, tmp_path):
-    backend_cfg = tmp_path / "franka_ros2.yaml"
-    backend_cfg.write_text(yaml.safe_dump({"franka_ros2": {
-        "home_pos": HOME.tolist(), "home_speed_m_s": 0.2,
+def _backend_cfg(path, home) -> str:
+    path.write_text(yaml.safe_dump({"franka_ros2": {
+        "home_pos": list(home), "home_speed_m_s": 0.2,
         # The peer is a Python process on a loaded 2-core CI machine: its state stream can pause for longer than
         # the real robot's 0.5 s limit. Going silent must still be caught (the last part of this test).
         "state_timeout_s": 2.0,
         "collision": {"lower_torque_thresholds": LOWER_TORQUE, "upper_torque_thresholds": LOWER_TORQUE}}}))
+    return str(path)
+
+
+def test_franka_ros2_backend_against_peer(peer, ros_context, spin_thread, tmp_path):
     safety_cfg = tmp_path / "safety.yaml"
-    safety_cfg.write_text(yaml.safe_dump({"safety": {"pos_min": [0.25, -0.25, 0.2], "pos_max": [0.6, 0.25, 0.5],
+    safety_cfg.write_text(yaml.safe_dump({"safety": {"pos_min": BOX_MIN, "pos_max": BOX_MAX,
                                                      "nominal_quat": list(DOWN)}}))
-    node = RobotNode(context=ros_context, parameter_overrides=[
-        Parameter("backend", value="franka_ros2"), Parameter("backend_config", value=str(backend_cfg)),
-        Parameter("safety_config", value=str(safety_cfg)), Parameter("base_frame", value=BASE)])
+    params = [Parameter("backend", value="franka_ros2"), Parameter("safety_config", value=str(safety_cfg)),
+              Parameter("base_frame", value=BASE)]
+
     c = RobotClient(ros_context)
     peer_status = Sink()
     c.node.create_subscription(String, "/peer/status", peer_status, ri.LATCHED_QOS)
     inject = c.node.create_client(Trigger, "/peer/inject_reflex")
     stop_state = c.node.create_client(SetBool, "/peer/stop_state")
-    spin_thread([node, c.node])
-    c.wait_ready(timeout=30)
+    spin_thread([c.node])
 
     def peer_st():
         return json.loads(peer_status.last().data)
+
+    # A home outside the box fails when the config loads, naming the field, before anything reaches the robot.
+    bad = _backend_cfg(tmp_path / "bad_home.yaml", [0.35, 0.0, 0.55])
+    with pytest.raises(ConfigError, match=r"franka_ros2\.home_pos .*50\.0 mm outside the safety workspace box"):
+        RobotNode(context=ros_context, node_name="robot_node_bad_home",
+                  parameter_overrides=params + [Parameter("backend_config", value=bad)])
+    peer_status.wait(1, timeout=10.0)
+    assert peer_st()["targets"] == 0 and peer_st()["collision"] is None, peer_st()  # never even connected
+
+    node = RobotNode(context=ros_context, parameter_overrides=params + [
+        Parameter("backend_config", value=_backend_cfg(tmp_path / "franka_ros2.yaml", HOME.tolist()))])
+    spin_thread([node])
+    c.wait_ready(timeout=30)
 
     def call(client, req):
         assert client.wait_for_service(timeout_sec=10)
@@ -81,15 +98,19 @@ def test_franka_ros2_backend_against_peer(peer, ros_context, spin_thread, tmp_pa
         return fut.result()
 
     # Collision behaviour was set through franka_ros2's service at start.
-    peer_status.wait(1)
+    wait_for(lambda: peer_st()["collision"] is not None, 10.0, message="collision behaviour not set")
     assert peer_st()["collision"]["lower_torque"] == LOWER_TORQUE
     assert c.joints.last().name[0] == "fr3_joint1"
     assert c.latest_status()["backend_error"] == ""
 
-    # Home: an interpolated Cartesian path through the controller's target topic.
+    # Home: a Cartesian path streamed by the server through the safety layer to the controller's target topic.
     r = c.call(ri.SRV_RESET, timeout=40)
     assert r.success, r.message
     wait_for(lambda: np.linalg.norm(c.ee_pos() - HOME) < 0.01, 5.0, message=f"not home: {c.ee_pos()}")
+    c.wait_status(lambda s: s["counters"]["homes"] == 1, timeout=10.0)
+    st = peer_st()
+    print(f"\nhome: {st['targets']} targets within {st['target_lo']} .. {st['target_hi']}")
+    assert np.all(np.asarray(st["target_lo"]) >= BOX_MIN) and np.all(np.asarray(st["target_hi"]) <= BOX_MAX), st
 
     # Absolute target and contract actions.
     goal = np.array([0.45, -0.1, 0.30])
@@ -102,7 +123,7 @@ def test_franka_ros2_backend_against_peer(peer, ros_context, spin_thread, tmp_pa
     assert peer_st()["bad_frames"] == 0, "every target must carry the base frame"
 
     # Gripper: grasp through the action's gripper component, open through the service (franka_gripper actions).
-    stream(lambda: c.send_action([0, 0, 0, 0, 0, 0, 1]), 3.0, until=lambda: c.gripper.last().position[0] < 0.005)
+    stream(lambda: c.send_action([0, 0, 0, 0, 0, 0, 1]), 10.0, until=lambda: c.gripper.last().position[0] < 0.005)
     assert c.gripper.last().position[0] < 0.005 and peer_st()["grasps"] == 1
     assert c.call(ri.SRV_GRIPPER, data=False).success
     wait_for(lambda: c.gripper.last().position[0] > 0.075, 5.0, message="gripper did not open")
@@ -117,9 +138,14 @@ def test_franka_ros2_backend_against_peer(peer, ros_context, spin_thread, tmp_pa
     time.sleep(0.3)
     assert peer_st()["targets"] + peer_st()["targets_ignored"] == sent, "targets were sent while faulted"
     assert c.latest_status()["counters"]["reasons"].get("bad state", 0) > 0
+    before = peer_st()["targets"]
     r = c.call(ri.SRV_RECOVER, timeout=20)
     assert r.success, r.message
     wait_for(lambda: peer_st()["recoveries"] == 1, 2.0, message="the peer's error recovery was not called")
+    # The controller's target is re-seated on the measured pose by the server's next setpoint (through the layer).
+    wait_for(lambda: peer_st()["targets"] > before, 10.0, message="no target after recovery")
+    st = peer_st()
+    assert np.all(np.asarray(st["target_lo"]) >= BOX_MIN) and np.all(np.asarray(st["target_hi"]) <= BOX_MAX), st
     c.wait_status(lambda s: s["backend_error"] == "", timeout=5.0)
     p0 = c.ee_pos()
     assert stream(lambda: c.send_action([0, 0, 1, 0, 0, 0, -1]), 5.0,

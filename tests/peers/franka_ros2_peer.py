@@ -12,7 +12,8 @@ PoseStamped targets on /cartesian_impedance_controller/target_pose like the cont
 
 Test hooks: /peer/inject_reflex (std_srvs/Trigger: robot mode REFLEX with cartesian_reflex raised; targets are then
 ignored, as the real hardware interface does), /peer/stop_state (std_srvs/SetBool: pause the state stream), and a
-latched JSON status on /peer/status (collision thresholds received, targets received, recoveries, grasps).
+latched JSON status on /peer/status (collision thresholds received, targets received and the per-axis bounds of
+their positions, recoveries, grasps).
 """
 from __future__ import annotations
 
@@ -81,7 +82,8 @@ class FrankaRos2Peer:
         self.streaming = True
         self.width, self.width_goal = 0.08, 0.08
         self.stats = {"targets": 0, "targets_ignored": 0, "recoveries": 0, "grasps": 0, "moves": 0,
-                      "collision": None, "bad_frames": 0}
+                      "collision": None, "bad_frames": 0,
+                      "target_lo": None, "target_hi": None}  # per-axis bounds of every target position received
         group = ReentrantCallbackGroup()
         state_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
                                durability=DurabilityPolicy.VOLATILE)
@@ -117,6 +119,9 @@ class FrankaRos2Peer:
             p, o = msg.pose.position, msg.pose.orientation
             self.target = (np.array([p.x, p.y, p.z]), np.array([o.x, o.y, o.z, o.w]))
             self.stats["targets"] += 1
+            lo, hi = self.stats["target_lo"], self.stats["target_hi"]
+            self.stats["target_lo"] = np.minimum(self.target[0], self.target[0] if lo is None else lo).tolist()
+            self.stats["target_hi"] = np.maximum(self.target[0], self.target[0] if hi is None else hi).tolist()
 
     def step(self) -> None:
         with self.lock:
