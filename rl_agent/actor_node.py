@@ -17,98 +17,14 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from rl_agent import transport as tp
+from rl_agent.actor_core import ActorCore, send_demos
 from sim_twin import seeds
-from rl_agent.learner_node import with_actor_params
-
-
-class ActorCore:
-    """The actor's state between ROS and the acting loop (no ROS): its agent (params swapped in atomically), the
-    outbox, learner liveness and the messages about it."""
-
-    def __init__(self, agent, actor_id: str, outbox: tp.Outbox, learner_timeout_s: float = 3.0,
-                 silent_report_s: float = 5.0, log=print, warn=print):
-        self.agent = agent
-        self.actor_id = actor_id
-        self.incarnation = f"{actor_id}@{uuid.uuid4().hex[:6]}"  # transitions of this run; demos use actor_id
-        self.outbox = outbox
-        self.live = tp.Liveness(learner_timeout_s)
-        self.silent_report_s = silent_report_s
-        self.params_version = 0
-        self.params_from = ""
-        self.params_received = 0
-        self.log, self.warn = log, warn
-        self._lock = threading.Lock()
-        self._last_silent_report = 0.0
-        self.learner: dict = {}
-        self.episodes = 0
-        self.env_steps = 0
-
-    def sender_for(self, kind: str) -> str:
-        return self.actor_id if kind == tp.KIND_DEMOS else self.incarnation
-
-    def on_params(self, sender: str, version: int, fmt: str, data) -> bool:
-        if fmt != tp.FORMAT_FLAX:
-            self.warn(f"actor: ignored params v{version} from {sender}: format {fmt!r}, expected {tp.FORMAT_FLAX!r}")
-            return False
-        if sender == self.params_from and version <= self.params_version:
-            return False
-        try:
-            agent = with_actor_params(self.agent, tp.decode_params(data))
-        except tp.TransportError as exc:
-            self.warn(f"actor: REJECTED params v{version} from {sender}: {exc}; acting on with v{self.params_version}")
-            return False
-        with self._lock:
-            self.agent = agent
-            first = self.params_received == 0 or sender != self.params_from
-            self.params_version, self.params_from = int(version), sender
-            self.params_received += 1
-        if first:
-            self.log(f"actor: acting with params v{version} from {sender}")
-        return True
-
-    def current_agent(self):
-        with self._lock:
-            return self.agent
-
-    def on_learner_heartbeat(self, hb: dict) -> Optional[float]:
-        """Acks from the learner's heartbeat; returns the silence it ended (s), if it had been reported."""
-        self.learner = hb
-        acks = hb.get("acks", {})
-        for kind in (tp.KIND_TRANSITIONS, tp.KIND_DEMOS):
-            self.outbox.ack(kind, acks.get(self.sender_for(kind), {}).get(kind))
-        return self.live.heard()
-
-    def watermarks(self) -> dict:
-        acks = self.learner.get("acks", {}) if self.live.alive else {}
-        return {k: acks.get(self.sender_for(k), {}).get(k) for k in (tp.KIND_TRANSITIONS, tp.KIND_DEMOS)}
-
-    def silence_message(self, now: Optional[float] = None) -> Optional[str]:
-        """The clear message while the learner is silent (first when it goes silent, then every silent_report_s)."""
-        now = time.monotonic() if now is None else now
-        s = self.live.silence()
-        if self.live.newly_silent() or (self.live.silent_reported and now - self._last_silent_report
-                                         >= self.silent_report_s):
-            self._last_silent_report = now
-            what = f"learner silent for {s:.1f} s" if s is not None else "no learner heard from yet"
-            return (f"{what}; acting with params v{self.params_version}; {self.outbox.pending()} chunk(s) kept for "
-                    f"resending ({self.outbox.bytes / 1e6:.1f} MB, {self.outbox.dropped} dropped)")
-        return None
-
-    def heartbeat(self) -> dict:
-        sender = self.sender_for(tp.KIND_TRANSITIONS)
-        return {"role": "actor", "id": self.actor_id, "incarnation": self.incarnation,
-                "floors": {sender: {tp.KIND_TRANSITIONS: self.outbox.floor(tp.KIND_TRANSITIONS)}},
-                "params_version": self.params_version, "params_from": self.params_from, "episodes": self.episodes,
-                "env_steps": self.env_steps,
-                "pending": self.outbox.pending(), "dropped": self.outbox.dropped, "resent": self.outbox.resent,
-                "learner_silent_s": self.live.silence(), "time": time.time()}
 
 
 class RosLatentEnv:
@@ -264,11 +180,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
         return 2
+    if p["mode"] == "twin":  # renders its own twin: a working offscreen GL backend before mujoco loads
+        from robot_server.mujoco_gl import ensure_mujoco_gl
+        ensure_mujoco_gl()
 
     from rl_agent.env import LatentEncoder, LatentEnv
-    from rl_agent.learner_node import build_agent, load_sac_overrides
+    from rl_agent.agent_setup import build_agent, load_sac_overrides
+    from rl_agent.episodes import EpisodeRunner, agent_policy
     from rl_agent.rewards import AnyOfReward, OperatorReward, RewardConfig, make_reward_source
-    from rl_agent.session import EpisodeRunner, agent_policy
 
     agent, vla = build_agent(p["checkpoint"], load_sac_overrides(p["config"]), int(p["seed"]))
     encoder = LatentEncoder(vla, torch_threads=1)
@@ -384,8 +303,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     rate_hz = float(p["rate_hz"]) if p["mode"] == "twin" else 0.0  # robot mode paces itself in RosLatentEnv
     code = 0
     try:
-        _send_demos(core, runner, encoder, out, int(p["demos"]), p["demo_source"], int(p["seed"]), send, stop,
-                    logger.info)
+        send_demos(core, runner, encoder, out, int(p["demos"]), p["demo_source"], int(p["seed"]), send, stop,
+                   logger.info)
         builder = tp.ChunkBuilder(int(p["chunk_steps"]))
         ep = 0
         while not stop.is_set() and (int(p["max_episodes"]) <= 0 or ep < int(p["max_episodes"])):
@@ -441,39 +360,6 @@ def _spin(executor, stop: threading.Event) -> None:
             executor.spin_once(timeout_sec=0.1)
     except ExternalShutdownException:
         pass
-
-
-def _send_demos(core: ActorCore, runner, encoder, out: Path, count: int, source: str, seed: int, send, stop,
-                log) -> None:
-    """Collect the zero-shot demos once (kept in out/actor_demos as the exact chunks sent) and send them."""
-    from rl_agent.session import DemoConfig, collect_demos
-    store = out / "actor_demos"
-    files = sorted(store.glob("chunk_*.npz"))
-    if not files and count > 0:
-        store.mkdir(parents=True, exist_ok=True)
-        chunks: list[dict] = []
-
-        def on_demo(res, src, key):
-            builder = tp.ChunkBuilder(10_000)
-            builder.start(res.observations[0])
-            for i, a in enumerate(res.actions):
-                builder.add(a, float(res.rewards[i]), res.observations[i + 1], bool(res.dones[i]))
-            chunks.append(builder.flush())
-
-        stats = collect_demos(runner, encoder, DemoConfig(count=count, source=source), seed, on_demo,
-                              should_stop=stop.is_set)
-        for i, chunk in enumerate(chunks):
-            tmp = store / f".chunk_{i + 1:06d}.npz.tmp"
-            tmp.write_bytes(tp.encode_chunk(chunk))
-            tmp.rename(store / f"chunk_{i + 1:06d}.npz")
-        log(f"actor: {stats['total']} demos ({stats['vla']} VLA in {stats['vla_attempts']} attempts, "
-            f"{stats['expert']} expert)")
-        files = sorted(store.glob("chunk_*.npz"))
-    for f in files:
-        chunk, _ = tp.decode_chunk(f.read_bytes())
-        send(tp.KIND_DEMOS, chunk)
-    if files:
-        log(f"actor: sent {len(files)} demo episode(s)")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from rl_agent import transport as tp
+# Shared with the actor node through the library (re-exported here for older callers).
+from rl_agent.agent_setup import (actor_params_of, build_agent, load_head, load_sac_overrides,  # noqa: F401
+                                  with_actor_params)
+from rl_agent.checkpoints import CheckpointStore, read_learner_files, write_learner_files
 
 
 @dataclass
@@ -36,37 +40,9 @@ class LearnerConfig:
     seed: int = 0
 
 
-def actor_params_of(agent) -> Any:
-    """The part of the agent an actor needs to act: the actor network's parameters (numpy)."""
-    import jax
-    return jax.device_get(agent.actor.params)
-
-
-def with_actor_params(agent, params: Any):
-    """`agent` with the actor network's parameters replaced (validated: same names and shapes, finite)."""
-    import jax
-    import jax.numpy as jnp
-    from flax.traverse_util import flatten_dict, unflatten_dict
-    ref = flatten_dict(jax.device_get(agent.actor.params), sep="/")
-    got = flatten_dict(params, sep="/")
-    if set(ref) != set(got):
-        raise tp.TransportError(f"params do not fit this actor (missing {sorted(set(ref) - set(got))[:4]}, "
-                                f"unexpected {sorted(set(got) - set(ref))[:4]}): a different VLA head or SAC config?")
-    out = {}
-    for k, v in got.items():
-        v = np.asarray(v, np.float32)
-        if v.shape != ref[k].shape:
-            raise tp.TransportError(f"params {k}: shape {v.shape}, this actor has {ref[k].shape}")
-        if not np.isfinite(v).all():
-            raise tp.TransportError(f"params {k} contain NaN/inf")
-        out[k] = jnp.asarray(v)
-    return agent.replace(actor=agent.actor.replace(params=unflatten_dict(out, sep="/")))
-
-
 class LearnerCore:
     def __init__(self, agent, make_buffer: Callable[[int], Any], cfg: LearnerConfig, out_dir: Optional[Path] = None,
                  log: Callable[[str], None] = print):
-        from rl_agent.session import CheckpointStore
         self.agent, self.cfg, self.log = agent, cfg, log
         self.online, self.demo = make_buffer(cfg.online_capacity), make_buffer(cfg.demo_capacity)
         self.inbox = tp.Inbox()
@@ -159,7 +135,6 @@ class LearnerCore:
                                            or time.monotonic() - t >= 60 * self.cfg.checkpoint_every_minutes)
 
     def save_checkpoint(self) -> Optional[Path]:
-        from rl_agent.session import write_learner_files
         if self.store is None:
             return None
         with self.lock:
@@ -172,7 +147,6 @@ class LearnerCore:
         return path
 
     def restore(self) -> bool:
-        from rl_agent.session import read_learner_files
         path = self.store.latest() if self.store is not None else None
         if path is None:
             return False
@@ -185,55 +159,6 @@ class LearnerCore:
         self.log(f"learner: resumed from {path}: {self.updates} updates, params v{self.params_version}, "
                  f"online {len(self.online)}, demo {len(self.demo)}")
         return True
-
-
-def load_head(checkpoint: str):
-    """(torch ActionHead, latent shape (N, d)) of a VLA checkpoint, without building the VLM (the learner needs only
-    the head to start its actor from)."""
-    import json as _json
-
-    from safetensors.torch import load_file
-
-    from policy.config import VLAConfig
-    from policy.heads import ActionHead
-    d = Path(checkpoint)
-    if not (d / "vla_config.yaml").is_file():
-        raise FileNotFoundError(f"{d}: not a VLA checkpoint (no vla_config.yaml)")
-    cfg = VLAConfig.from_yaml(d / "vla_config.yaml")
-    meta = _json.loads((d / "meta.json").read_text())
-    head = ActionHead(int(meta["latent_dim"]), cfg.head)
-    head.load_state_dict(load_file(str(d / "head.safetensors")))
-    return head.eval(), (int(meta["num_latent_tokens"]), int(meta["latent_dim"]))
-
-
-def build_agent(checkpoint: str, sac_overrides: Optional[dict] = None, seed: int = 0, with_vla: bool = True):
-    """The SACfD agent for a stage-0 VLA checkpoint (actor = its head), and the VLA (None unless with_vla)."""
-    from rl_agent.agent import SACAgent
-    from rl_agent.bridge import head_to_flax
-    from rl_agent.config import SACConfig
-    from rl_agent.session import enable_compilation_cache
-    enable_compilation_cache()
-    if with_vla:
-        from policy.model import load_vla
-        vla = load_vla(checkpoint)
-        head, shape = vla.head, (int(vla.num_latent_tokens), int(vla.latent_dim))
-    else:
-        vla = None
-        head, shape = load_head(checkpoint)
-    base = SACConfig.from_head_config(head.cfg).to_dict()
-    base.update(sac_overrides or {})
-    agent = SACAgent.create(seed, shape, config=SACConfig.from_dict(base), actor_head=head_to_flax(head))
-    return agent, vla
-
-
-def load_sac_overrides(path: str) -> dict:
-    """The `sac:` section of a session YAML (config/rl_session.yaml layout), {} when empty."""
-    if not path:
-        return {}
-    import yaml
-    with open(path, encoding="utf-8") as f:
-        doc = yaml.safe_load(f) or {}
-    return dict(doc.get("session", doc).get("sac", {}) or {})
 
 
 # ---------------------------------------------------------------------------------------------- ROS node
