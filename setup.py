@@ -28,6 +28,7 @@ setup(
         (os.path.join('share', package_name), ['package.xml']),
         (os.path.join('share', package_name, 'launch'), sorted(glob('launch/*.py') + glob('launch/*.yaml'))),
         (os.path.join('share', package_name, 'config'), sorted(glob('config/*.yaml'))),
+        (os.path.join('share', package_name, 'config', 'backends'), sorted(glob('config/backends/*.yaml'))),
     ],
     python_requires='>=3.10',
     install_requires=['setuptools'],
@@ -42,14 +43,15 @@ setup(
             'robot_node = robot_server.robot_node:main',
             'camera_node = robot_server.camera_node:main',
             'sim_bringup = robot_server.sim_bringup:main',
-            'irevla-dataset = teleop.dataset_cli:main',
+            'irevla-dataset = teleop.dataset_cli:deprecated_main',  # deprecated: `irevla dataset`
             'teleop_node = teleop.teleop_node:main',
             'recorder_node = teleop.recorder_node:main',
             'policy_server = policy.server_node:main',
             'rl_actor = rl_agent.actor_node:main',
             'rl_learner = rl_agent.learner_node:main',
         ],
-        # Subcommands of `irevla` (robot_server/cli.py): each package adds its own here.
+        # Subcommands of `irevla` (robot_server/cli.py): each package adds its own here, and a one-line
+        # description to robot_server.cli.COMMANDS (tests/test_cli.py checks both).
         'irevla.commands': [
             'demo = rl_agent.main_job:main',
             'scripted-demo = robot_server.demo:main',
@@ -62,6 +64,7 @@ setup(
             'evaluate = policy.evaluate:main',
             'rl-session = rl_agent.session_cli:main',
             'iterate = rl_agent.iterate:main',
+            'dataset = teleop.dataset_cli:main',
         ],
     },
 )

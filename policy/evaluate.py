@@ -12,7 +12,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from robot_server.usage import UsageError, require_checkpoint, require_file
 from sim_twin import seeds
 from teleop.config import from_dict, load_yaml, to_dict
 
@@ -47,12 +47,15 @@ class EvalConfig:
 def parse_seeds(text: str) -> list[int]:
     """'0-19' -> 0..19; '1,5,9' -> [1, 5, 9]; '3' -> [0, 1, 2] (a count)."""
     text = text.strip()
-    if "-" in text:
-        a, b = text.split("-", 1)
-        return list(range(int(a), int(b) + 1))
-    if "," in text:
-        return [int(s) for s in text.split(",") if s.strip()]
-    return list(range(int(text)))
+    try:
+        if "-" in text:
+            a, b = text.split("-", 1)
+            return list(range(int(a), int(b) + 1))
+        if "," in text:
+            return [int(s) for s in text.split(",") if s.strip()]
+        return list(range(int(text)))
+    except ValueError:
+        raise UsageError(f"seeds {text!r}: expected a range '0-19', a list '1,5,9' or a count '10'") from None
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -122,16 +125,27 @@ def _make_env(policy: VLAPolicy, cfg: EvalConfig, task: str):
                    task_files=tuple(cfg.task_files), render_detail=cfg.render_detail)
 
 
-def _worker(args) -> list[dict]:
-    """Evaluate a list of (task, seed, want_video) jobs in this process."""
-    checkpoint, cfg_dict, jobs, video_dir, worker_id = args
-    cfg = from_dict(EvalConfig, cfg_dict)
-    policy = VLAPolicy(checkpoint)
-    env = _make_env(policy, cfg, jobs[0][0])
-    try:
-        return [_evaluate_job(env, policy, job, cfg, video_dir) for job in jobs]
-    finally:
-        env.close()
+# Per worker process: the policy (loaded once, by _init_worker) and the env (made on the first episode).
+_WORKER: dict = {}
+
+
+def _init_worker(checkpoint: str, cfg_dict: dict, video_dir: Optional[str]) -> None:
+    from multiprocessing import util
+    _WORKER.update(cfg=from_dict(EvalConfig, cfg_dict), policy=VLAPolicy(checkpoint), env=None, video_dir=video_dir)
+    util.Finalize(None, _close_worker_env, exitpriority=10)  # workers leave through os._exit: no atexit
+
+
+def _close_worker_env() -> None:
+    if _WORKER.get("env") is not None:
+        _WORKER["env"].close()
+
+
+def _worker_job(job: tuple) -> dict:
+    """One episode in a worker process (returned as soon as it ends, so progress moves per episode)."""
+    w = _WORKER
+    if w["env"] is None:
+        w["env"] = _make_env(w["policy"], w["cfg"], job[0])
+    return _evaluate_job(w["env"], w["policy"], job, w["cfg"], w["video_dir"])
 
 
 def _evaluate_job(env, policy, job: tuple, cfg: EvalConfig, video_dir: Optional[str]) -> dict:
@@ -189,10 +203,10 @@ def select_tasks(cfg: EvalConfig) -> list[tuple[str, str]]:
     tasks = reg.tasks
     unknown = [t for t in cfg.tasks if t not in tasks]
     if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; known: {sorted(tasks)}")
+        raise UsageError(f"unknown task(s) {unknown}; known: {sorted(tasks)}")
     bad = [c for c in cfg.categories if c not in CATEGORIES]
     if bad:
-        raise ValueError(f"unknown categories {bad}; known: {CATEGORIES}")
+        raise UsageError(f"unknown categories {bad}; known: {CATEGORIES}")
     names = cfg.tasks or list(tasks)
     return [(n, tasks[n].category) for n in names if not cfg.categories or tasks[n].category in cfg.categories]
 
@@ -298,9 +312,9 @@ def evaluate(checkpoint: str, cfg: EvalConfig, out: Optional[Path] = None, label
     """Run every (task, seed) episode, in `cfg.workers` processes, and write the report to `out`."""
     tasks = select_tasks(cfg)
     if not tasks:
-        raise ValueError("no task matches the task/category filters")
+        raise UsageError("no task matches the task/category filters")
     if not cfg.seeds:
-        raise ValueError("no seeds to evaluate")
+        raise UsageError("no seeds to evaluate")
     video_budget = {c: cfg.videos for c in CATEGORIES}
     jobs = []
     for task, cat in tasks:
@@ -311,30 +325,39 @@ def evaluate(checkpoint: str, cfg: EvalConfig, out: Optional[Path] = None, label
             jobs.append((task, seed, want))
     video_dir = str(out / "videos") if out is not None else None
     workers = max(1, min(cfg.workers, len(jobs)))
-    chunks = [jobs[i::workers] for i in range(workers)]
-    cfg_dict = to_dict(cfg)
     from tqdm import tqdm
     bar = tqdm(total=len(jobs), desc=f"evaluate {label}".strip(), unit="ep", disable=not progress, file=sys.stdout)
     episodes: list[dict] = []
+
+    def done(episode: dict) -> None:
+        episodes.append(episode)
+        bar.update(1)
+        bar.set_postfix(success=f"{np.mean([e['success'] for e in episodes]):.2f}")
+
     if workers == 1:
-        # Per-episode progress in-process.
         policy = VLAPolicy(checkpoint)
         env = _make_env(policy, cfg, jobs[0][0])
         try:
             for job in jobs:
-                episodes.append(_evaluate_job(env, policy, job, cfg, video_dir))
-                bar.update(1)
-                bar.set_postfix(success=f"{np.mean([e['success'] for e in episodes]):.2f}")
+                done(_evaluate_job(env, policy, job, cfg, video_dir))
         finally:
             env.close()
     else:
+        # One future per episode (each worker loads the model once, in its initializer): progress moves as episodes
+        # end, and a free worker takes the next episode. Each episode depends only on its (task, seed), so the
+        # results match the one-process run; they are put back in job order below.
         import multiprocessing as mp
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(workers) as pool:
-            for part in pool.imap_unordered(_worker, [(checkpoint, cfg_dict, c, video_dir, i)
-                                                      for i, c in enumerate(chunks)]):
-                episodes.extend(part)
-                bar.update(len(part))
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(checkpoint, to_dict(cfg), video_dir)) as pool:
+            futures = [pool.submit(_worker_job, job) for job in jobs]
+            try:
+                for f in as_completed(futures):
+                    done(f.result())
+            except BaseException:
+                for f in futures:  # do not run the rest after a failure or Ctrl-C
+                    f.cancel()
+                raise
         order = {(t, s): i for i, (t, s, _) in enumerate(jobs)}
         episodes.sort(key=lambda e: order[(e["task"], e["seed"] - EVAL_SEED_OFFSET)])
     bar.close()
@@ -354,16 +377,22 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     p.add_argument("--categories", nargs="+", choices=CATEGORIES)
     p.add_argument("--task-file", action="append", default=[], help="extra task YAML (registry format)")
     p.add_argument("--seeds", default=None, help="'0-19', '1,5,9' or a count (default 10)")
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None, help="simulation processes (default 1)")
     p.add_argument("--videos", type=int, default=None, help="rollout videos per category")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--label", default="")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = p.parse_args(list(argv) if argv is not None else None)
+    # A user's mistake fails here, in a second, before any model or simulation starts (robot_server/cli.py).
+    require_checkpoint(args.checkpoint)
     cfg = EvalConfig()
     if args.config:
         import yaml
-        doc = yaml.safe_load(Path(args.config).read_text()) or {}
-        cfg = load_yaml(EvalConfig, args.config, "evaluate" if "evaluate" in doc else None)
+
+        from robot_server.config import resolve_config
+        path = require_file(resolve_config(args.config), "--config")
+        doc = yaml.safe_load(path.read_text()) or {}
+        cfg = load_yaml(EvalConfig, path, "evaluate" if "evaluate" in doc else None)
     if args.tasks:
         cfg.tasks = args.tasks
     if args.categories:
@@ -376,15 +405,13 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
         cfg.workers = args.workers
     if args.videos is not None:
         cfg.videos = args.videos
-    try:
-        report = evaluate(args.checkpoint, cfg, Path(args.out), args.label)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"irevla evaluate: error: {exc}", file=sys.stderr)
-        return 2
+    select_tasks(cfg)  # unknown task or category: UsageError now
+    report = evaluate(args.checkpoint, cfg, Path(args.out), args.label, progress=not args.no_progress)
     print(markdown_table([report], "category"))
     print(f"report: {args.out}/results.md")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from robot_server.cli import run_command
+    sys.exit(run_command("evaluate", main))  # user errors as one line, as under `irevla`

@@ -102,12 +102,22 @@ def build_features_cli(argv=None) -> int:
     from multiprocessing import get_context
     ap = argparse.ArgumentParser(prog="irevla features", description=build_features_cli.__doc__)
     ap.add_argument("--config", default=None, help="policy YAML (its `vla:` section); or --checkpoint")
-    ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--data", nargs="+", required=True)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--checkpoint", default=None, help="VLA checkpoint directory; or --config")
+    ap.add_argument("--data", nargs="+", required=True, help="dataset directories")
+    ap.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     args = ap.parse_args(argv)
     if (args.config is None) == (args.checkpoint is None):
         ap.error("give exactly one of --config and --checkpoint")
+    if args.workers < 1:
+        ap.error("--workers must be >= 1")
+    from robot_server.config import resolve_config
+    from robot_server.usage import require_checkpoint, require_dir, require_file
+    if args.config:
+        args.config = str(require_file(resolve_config(args.config), "--config"))
+    else:
+        require_checkpoint(args.checkpoint)
+    for d in args.data:
+        require_dir(d, "dataset directory")
     from policy.data import PolicyData
     for d in args.data:  # decode the episodes once, here, before the workers read them
         PolicyData(d, _cameras(args))

@@ -1,11 +1,11 @@
 """`irevla train`: supervised training of the VLA (stage 0 on the expert set; stage 2 on expert + RL data).
 
     irevla train --data data/expert --out runs/stage0                                   # stage 0, tiny VLA
-    irevla train --init runs/stage0/final --data data/expert --data-rl data/rl_harvest --mix 0.5 --out runs/stage2
+    irevla train --checkpoint runs/stage0/final --data data/expert --data-rl data/rl_harvest --mix 0.5 --out runs/stage2
     torchrun --nproc_per_node 2 -m policy.train_cli --data data/expert --out runs/stage0   # DDP (gloo on CPU)
 
 The config file holds two sections: `vla:` (policy.config.VLAConfig, used for a fresh model) and `train:`
-(policy.train.TrainConfig). With --init the model (and its config) comes from that checkpoint and trains with
+(policy.train.TrainConfig). With --checkpoint the model (and its config) comes from that checkpoint and trains with
 train.backbone_training, default "lora" (the paper's stage 2). --resume continues from the latest checkpoint in
 --out. A fixed-sample loss is evaluated before training, every --eval-every steps and at the end.
 """
@@ -15,10 +15,9 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Optional
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "policy_tiny.yaml"
+DEFAULT_CONFIG = "config/policy_tiny.yaml"  # resolved through robot_server.config (share dir, else source tree)
 
 
 def mixture_weights(n_expert: int, n_rl: int, mix: Optional[float], configured: list[float]) -> list[float]:
@@ -36,11 +35,13 @@ def mixture_weights(n_expert: int, n_rl: int, mix: Optional[float], configured: 
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="irevla train", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML with vla: and train: sections")
+    ap.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML with vla: and train: sections (default "
+                                                              f"{DEFAULT_CONFIG})")
     ap.add_argument("--data", nargs="+", required=True, help="expert dataset directories")
     ap.add_argument("--data-rl", nargs="*", default=[], help="RL-harvested dataset directories (stage 2)")
     ap.add_argument("--mix", type=float, default=None, help="fraction of each batch from --data-rl (default 0.5)")
-    ap.add_argument("--init", default=None, help="checkpoint to continue from (stage 2); default: a fresh VLA")
+    ap.add_argument("--checkpoint", default=None, help="VLA checkpoint to continue from (stage 2); default: a "
+                                                       "fresh VLA")
     ap.add_argument("--out", required=True, help="output directory (checkpoints, final/, tb/, metrics.jsonl)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None, help="global batch size (split over processes)")
@@ -54,8 +55,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     ap.add_argument("--until-step", type=int, default=None, help="stop after this step (resumable checkpoint)")
     ap.add_argument("--device", default=None, help="auto | cpu | cuda")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    from robot_server.usage import add_hidden_alias, require_checkpoint, require_dir, require_file
+    add_hidden_alias(ap, "--init", "--checkpoint", dest="checkpoint")  # the spelling before --checkpoint everywhere
     args = ap.parse_args(argv)
+    # Paths first, before torch loads: a typo fails in a second (robot_server/cli.py prints it as one line).
+    from robot_server.config import resolve_config
+    args.config = str(require_file(resolve_config(args.config), "--config"))
+    for d in list(args.data) + list(args.data_rl):
+        require_dir(d, "dataset directory")
+    if args.checkpoint:
+        require_checkpoint(args.checkpoint)
 
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
@@ -79,20 +89,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg.tasks = list(args.tasks)
     if args.no_progress:
         cfg.progress = False
-    if args.init and cfg.backbone_training is None:
+    if args.checkpoint and cfg.backbone_training is None:
         cfg.backbone_training = "lora"
     try:
         TrainConfig.from_dict(cfg.to_dict())  # re-validate after the overrides
         cfg.mix = mixture_weights(len(args.data), len(args.data_rl), args.mix, cfg.mix)
     except (ValueError, ConfigError) as exc:
         print(f"irevla train: {exc}", file=sys.stderr)
-        return 2
-    for d in list(args.data) + list(args.data_rl):
-        if not Path(d).is_dir():
-            print(f"irevla train: no dataset directory {d}", file=sys.stderr)
-            return 2
-    if args.init and not (Path(args.init) / "vla_config.yaml").is_file():
-        print(f"irevla train: {args.init} is not a VLA checkpoint (no vla_config.yaml)", file=sys.stderr)
         return 2
 
     datasets = list(args.data) + list(args.data_rl)
@@ -108,7 +111,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return state["fn"](vla, step)
 
     try:
-        path = train_sft(cfg, args.init or vla_cfg, datasets, args.out, eval_hook=hook, resume=args.resume,
+        path = train_sft(cfg, args.checkpoint or vla_cfg, datasets, args.out, eval_hook=hook, resume=args.resume,
                          until_step=args.until_step)
     except (DataError, FileNotFoundError, ValueError) as exc:
         print(f"irevla train: {exc}", file=sys.stderr)
@@ -119,4 +122,5 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from robot_server.cli import run_command
+    sys.exit(run_command("train", main))  # user errors as one line, as under `irevla`

@@ -5,7 +5,7 @@
 2. Collects a small scripted expert set (for stage 2's replay), evaluates the default (SFT) model per category.
 3. Stage 1: an RL session on an RL-category task (SACfD on cached latents, VLM frozen).
 4. Stage 2: supervised on expert + harvested RL data (LoRA + head), then evaluates again.
-5. Prints the before/after success table and writes plots, under --run-dir.
+5. Prints the before/after success table and writes plots, under --out.
 """
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from rl_agent.iterate import IterateConfig, _repo_path, run_iterate
-from teleop.config import load_yaml
+from rl_agent.iterate import IterateConfig, check_inputs, load_run_config, run_iterate
 
 
 @dataclass
@@ -79,19 +78,18 @@ def command_by_language(ckpt: str, cfg: CommandDemoConfig, log_dir: Path) -> int
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="irevla demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="config/main_job.yaml")
-    p.add_argument("--run-dir", default="runs/demo")
+    p.add_argument("--config", help="MainJobConfig YAML (default config/main_job.yaml)")
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo; an existing one is resumed)")
     p.add_argument("--checkpoint", help="start from this VLA checkpoint instead of the embedded default model")
     p.add_argument("--rl-minutes", type=float, help="RL session budget")
     p.add_argument("--seeds", help="evaluation seeds per task ('0-9' or a count)")
     p.add_argument("--skip-command", action="store_true", help="skip the ROS 2 language-command step")
+    from robot_server.usage import add_hidden_alias
+    add_hidden_alias(p, "--run-dir", "--out", dest="out")  # the spelling before all commands shared --out
     args = p.parse_args(argv)
 
-    from robot_server.isolation import ensure_local_ros
-    ensure_local_ros()
-    t0 = time.perf_counter()
-    cfg_path = _repo_path(args.config)
-    cfg = load_yaml(MainJobConfig, cfg_path) if cfg_path.exists() else MainJobConfig()
+    # Everything the user named is checked here, before the re-exec into a network namespace and hours of work.
+    cfg = load_run_config(MainJobConfig, args.config, "config/main_job.yaml")
     ckpt = args.checkpoint or cfg.checkpoint or str(default_model_dir())
     it = cfg.iterate
     it.sft_checkpoint = ckpt
@@ -100,7 +98,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.seeds:
         from policy.evaluate import parse_seeds
         it.evaluation.seeds = parse_seeds(args.seeds)
-    run_dir = Path(args.run_dir)
+    check_inputs(it)
+
+    from robot_server.isolation import ensure_local_ros
+    ensure_local_ros()
+    t0 = time.perf_counter()
+    run_dir = Path(args.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     _say(f"main job: model {ckpt}; run directory {run_dir}")
     if cfg.command.enabled and not args.skip_command:
@@ -117,4 +120,5 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from robot_server.cli import run_command
+    sys.exit(run_command("demo", main))  # user errors as one line, as under `irevla`

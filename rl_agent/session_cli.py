@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "rl_session.yaml"
+DEFAULT_CONFIG = "config/rl_session.yaml"  # resolved through robot_server.config (share dir, else source tree)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint", required=True, help="stage-0 VLA checkpoint directory (policy.model.VLA.save)")
     ap.add_argument("--task", help="task name in the twin's registry (default: the config's)")
     ap.add_argument("--out", required=True, help="run directory (created; an existing one is resumed)")
-    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help=f"session YAML (default {DEFAULT_CONFIG.name})")
+    ap.add_argument("--config", default=DEFAULT_CONFIG, help=f"session YAML (default {DEFAULT_CONFIG})")
     ap.add_argument("--minutes", type=float, help="wall-clock budget of the training phase")
     ap.add_argument("--episodes", type=int, help="training episodes budget (whichever ends first)")
     ap.add_argument("--steps", type=int, help="online env steps budget")
@@ -72,15 +72,16 @@ def config_from_args(args) -> "SessionConfig":
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from robot_server.config import resolve_config
+    from robot_server.usage import require_checkpoint, require_file
     from teleop.config import ConfigError
+    require_checkpoint(args.checkpoint)  # train one with `irevla train` (stage 0) first
+    if args.config:
+        args.config = str(require_file(resolve_config(args.config), "--config"))
     try:
         cfg = config_from_args(args)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"irevla rl-session: bad configuration: {exc}", file=sys.stderr)
-        return 2
-    if not (Path(args.checkpoint) / "vla_config.yaml").is_file():
-        print(f"irevla rl-session: {args.checkpoint} is not a VLA checkpoint (no vla_config.yaml); train one with "
-              "`irevla train` (stage 0) first", file=sys.stderr)
         return 2
     from sim_twin.tasks.registry import RegistryError, TaskRegistry
     try:
@@ -108,4 +109,5 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from robot_server.cli import run_command
+    sys.exit(run_command("rl-session", main))  # user errors as one line, as under `irevla`

@@ -12,7 +12,7 @@ import time
 from typing import Optional
 
 import numpy as np
-import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.context import Context
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -41,15 +41,31 @@ def frame_to_msg(frame: Frame) -> Image:
 
 
 class CameraNode(Node):
-    def __init__(self, source: CameraSource, *, context: Optional[Context] = None, node_name: str = "camera_node",
-                 namespace: str = "/irevla", parameter_overrides: Optional[list[Parameter]] = None,
-                 autostart: bool = True):
+    """Publishes every camera of `source`; without one (the `camera_node` executable) the node builds it from its own
+    `source` and `config` parameters, so all three parameters are declared and listed by `ros2 param list`."""
+
+    def __init__(self, source: Optional[CameraSource] = None, *, context: Optional[Context] = None,
+                 node_name: str = "camera_node", namespace: str = "/irevla",
+                 parameter_overrides: Optional[list[Parameter]] = None, autostart: bool = True):
         super().__init__(node_name, context=context, namespace=namespace,
                          parameter_overrides=parameter_overrides or [])
-        self.declare_parameter("rate", 10.0)
-        rate = float(self.get_parameter("rate").value)
-        if not (0.0 < rate <= 120.0):
-            raise ValueError(f"rate must be in (0, 120] Hz, got {rate}")
+        kind = self.declare_parameter("source", "sim", ParameterDescriptor(
+            description="camera source (robot_server/cameras: realsense; the sim cameras come with sim_bringup)",
+            read_only=True)).value
+        config = self.declare_parameter("config", "", ParameterDescriptor(
+            description="YAML of the source, e.g. config/backends/realsense.yaml", read_only=True)).value
+        rate = float(self.declare_parameter("rate", 10.0, ParameterDescriptor(
+            description="frames per second per camera, (0, 120] Hz", read_only=True)).value)
+        try:
+            if not (0.0 < rate <= 120.0):
+                raise ValueError(f"rate must be in (0, 120] Hz, got {rate}")
+            if source is None:
+                from robot_server.cameras import make_camera_source
+                from robot_server.config import resolve_config
+                source = make_camera_source(kind, str(resolve_config(config)) if config else None)
+        except Exception:
+            super().destroy_node()  # nothing else was created yet
+            raise
         self.period = 1.0 / rate
         self.source = source
         self.pubs = {name: self.create_publisher(Image, ri.camera_topic(name), ri.IMAGE_QOS) for name in source.names}
@@ -112,24 +128,18 @@ def main(args: Optional[list[str]] = None) -> int:
 
     The sim cameras render the robot node's twin, so in the sim use `sim_bringup` (robot + camera node in one
     process)."""
+    import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-    from robot_server.cameras import make_camera_source
     from robot_server.ros_main import init_with_stop_event
     logging.basicConfig(level=logging.INFO)
     stop = init_with_stop_event(args)
     node = None
     try:
-        probe = rclpy.create_node("camera_node_args", allow_undeclared_parameters=True,
-                                  automatically_declare_parameters_from_overrides=True)
-        source = probe.get_parameter("source").value if probe.has_parameter("source") else "sim"
-        config = probe.get_parameter("config").value if probe.has_parameter("config") else ""
-        probe.destroy_node()
         try:
-            src = make_camera_source(source, config or None)
+            node = CameraNode()  # source, config and rate from the command line (-p source:=realsense ...)
         except Exception as e:  # noqa: BLE001 - a clear message and a non-zero exit, not a traceback
-            LOG.error("camera source %r: %s", source, e)
+            LOG.error("camera_node: %s", e)
             return 2
-        node = CameraNode(src)  # its `rate` comes from the same command line (-p rate:=15.0)
         executor = SingleThreadedExecutor()  # nothing to execute: capture runs in the node's own thread
         executor.add_node(node)
         while not stop.is_set():

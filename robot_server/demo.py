@@ -22,10 +22,13 @@ import numpy as np
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="irevla scripted-demo", description=__doc__)
     ap.add_argument("--task", default="pick_red_block", help="an object-centric task (pick / place skill)")
-    ap.add_argument("--episodes", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--noise", type=float, default=0.0)
+    ap.add_argument("--episodes", type=int, default=2, help="episodes (default 2)")
+    ap.add_argument("--seed", type=int, default=0, help="scene seed (episode i uses seed + 1 + i)")
+    ap.add_argument("--noise", type=float, default=0.0, help="expert action noise (default 0)")
     args = ap.parse_args(argv)
+    if args.episodes < 1:
+        ap.error("--episodes must be >= 1")
+    check_task(args.task)  # before the re-exec into a network namespace
 
     from robot_server.isolation import ensure_local_ros
     ensure_local_ros()
@@ -33,6 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     ok = sum(r["success"] for r in results)
     print(f"\n{ok}/{len(results)} episodes succeeded over ROS 2 (task {args.task}).")
     return 0 if ok == len(results) else 1
+
+
+def check_task(task: str, registry=None):
+    """The registry's spec of `task`, if it is one this demo can drive over ROS (pick / place); else UsageError."""
+    from robot_server.usage import UsageError
+    from sim_twin.tasks.registry import TaskRegistry
+    spec = (registry or TaskRegistry.load()).get(task)  # RegistryError (a user error) for an unknown task
+    if spec.skill not in ("pick", "place"):
+        raise UsageError(f"scripted-demo drives object-centric tasks over ROS (pick, place); {task!r} is {spec.skill}")
+    return spec
 
 
 def run_demo(task: str, episodes: int, seed: int, noise: float, log=print) -> list[dict]:
@@ -47,9 +60,7 @@ def run_demo(task: str, episodes: int, seed: int, noise: float, log=print) -> li
     from sim_twin.twin import TwinState
 
     registry = TaskRegistry.load()
-    spec = registry.get(task)
-    if spec.skill not in ("pick", "place"):
-        raise SystemExit(f"irevla demo drives object-centric tasks over ROS (pick, place); {task!r} is {spec.skill}")
+    check_task(task, registry)
     log(f"[demo] ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID')} discovery={os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')}"
         f" netns={os.environ.get('IREVLA_NETNS', 'no')}")
     log(f"[demo] starting the simulated cell: robot node + camera node (task {task}, seed {seed})")
@@ -131,4 +142,5 @@ def _episode(client, registry, SceneSnapshot, SKILLS, TwinState, contract, seed,
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from robot_server.cli import run_command
+    sys.exit(run_command("scripted-demo", main))  # user errors as one line, as under `irevla`

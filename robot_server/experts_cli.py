@@ -10,7 +10,6 @@ from concurrent.futures import ProcessPoolExecutor
 
 
 def run_task(task: str, seeds: list[int], noise: float, task_files: tuple[str, ...] = ()) -> dict:
-    os.environ.setdefault("MUJOCO_GL", "egl")
     from robot_server.gym_env import TwinEnv
     env = TwinEnv(task=task, render_images=False, task_files=task_files)
     ok, steps, t0 = 0, 0, time.perf_counter()
@@ -33,18 +32,25 @@ def run_task(task: str, seeds: list[int], noise: float, task_files: tuple[str, .
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="irevla experts", description=__doc__)
-    ap.add_argument("--episodes", type=int, default=100)
-    ap.add_argument("--seed0", type=int, default=0)
+    ap.add_argument("--episodes", type=int, default=100, help="episodes per task")
+    ap.add_argument("--seed", type=int, default=0, help="first scene seed (episode i: seed + i)")
     ap.add_argument("--noise", type=float, default=0.1, help="expert noise, as a fraction of the step limit")
     ap.add_argument("--tasks", nargs="*", help="task names (default: all)")
     ap.add_argument("--task-file", action="append", default=[], help="extra task YAML")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--min-success", type=float, default=0.9, help="exit 1 if any task is below this")
+    from robot_server.usage import UsageError, add_hidden_alias
+    add_hidden_alias(ap, "--seed0", "--seed", dest="seed", type=int)  # the spelling before all commands shared --seed
     args = ap.parse_args(argv)
+    if args.episodes < 1 or args.workers < 1:
+        ap.error("--episodes and --workers must be >= 1")
     from sim_twin.tasks.registry import TaskRegistry
     registry = TaskRegistry.load(args.task_file)
     tasks = args.tasks or list(registry.tasks)
-    seeds = list(range(args.seed0, args.seed0 + args.episodes))
+    unknown = [t for t in tasks if t not in registry.tasks]
+    if unknown:  # here, not as a traceback from a worker process
+        raise UsageError(f"unknown task(s) {unknown}; known: {sorted(registry.tasks)}")
+    seeds = list(range(args.seed, args.seed + args.episodes))
     print(f"scripted experts: {len(tasks)} tasks x {args.episodes} episodes, noise {args.noise}, "
           f"{args.workers} workers", flush=True)
     results = []
@@ -62,4 +68,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from robot_server.cli import run_command
+    sys.exit(run_command("experts", main))  # user errors as one line, as under `irevla`

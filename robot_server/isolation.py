@@ -15,13 +15,14 @@ _MARK = "IREVLA_NETNS"
 
 
 def ros_env(domain_id: int | None = None) -> dict[str, str]:
+    from robot_server.mujoco_gl import ensure_mujoco_gl
+    ensure_mujoco_gl()  # the graphs render: their processes inherit a working MUJOCO_GL (a no-op when set)
     env = dict(os.environ)
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     if domain_id is not None:
         env["ROS_DOMAIN_ID"] = str(domain_id)
     else:
         env.setdefault("ROS_DOMAIN_ID", str(20 + os.getpid() % 80))
-    env.setdefault("MUJOCO_GL", "egl")
     return env
 
 
@@ -30,7 +31,7 @@ def ensure_local_ros(argv: list[str] | None = None, domain_id: int | None = None
     `unshare -rn`), with localhost-only DDS settings. Falls back to the settings alone, with a warning."""
     env = ros_env(domain_id)
     if os.environ.get(_MARK) or os.environ.get("IREVLA_NO_NETNS"):
-        os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "MUJOCO_GL")})
+        os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")})
         return
     argv = argv if argv is not None else [sys.executable, *sys.argv]
     unshare = shutil.which("unshare")
@@ -45,4 +46,4 @@ def ensure_local_ros(argv: list[str] | None = None, domain_id: int | None = None
     print("irevla: warning: no private network namespace available (unshare); DDS limited to localhost only "
           f"(ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']})", file=sys.stderr)
     os.environ[_MARK] = "fallback"
-    os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "MUJOCO_GL")})
+    os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")})

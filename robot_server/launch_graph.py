@@ -35,8 +35,17 @@ class NodeSpec:
 class Graph:
     name: str
     description: str
-    arguments: dict[str, str]
+    arguments: dict[str, str]  # name -> default
     nodes: tuple[NodeSpec, ...]
+    argument_help: dict[str, str] = field(default_factory=dict)  # name -> description
+
+    def help_epilog(self) -> str:
+        """The graph's launch arguments, one per line with its default and description (`irevla launch G --help`)."""
+        width = max((len(k) for k in self.arguments), default=0)
+        lines = [f"arguments of {self.name} (ARG:=VALUE):"]
+        for k, default in self.arguments.items():
+            lines.append(f"  {k:<{width}}  {self.argument_help.get(k, '')} (default: {default})")
+        return "\n".join(lines)
 
     def resolve(self, overrides: Optional[dict[str, str]] = None) -> list[NodeSpec]:
         """Nodes with every $(arg X) replaced by the override or the default."""
@@ -66,14 +75,19 @@ def _typed(text: str) -> Any:
 
 
 def graphs_file() -> Path:
-    local = Path(__file__).resolve().parent.parent / "launch" / "graphs.yaml"
-    if local.is_file():
-        return local
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory(PACKAGE)) / "launch" / "graphs.yaml"
-    except Exception as e:
-        raise FileNotFoundError(f"launch/graphs.yaml not found next to the sources nor in share/{PACKAGE}") from e
+    from robot_server.config import shipped_path
+    found = shipped_path("launch/graphs.yaml")
+    if found is None:
+        raise FileNotFoundError(f"launch/graphs.yaml is neither in share/{PACKAGE} nor in the source tree")
+    return found
+
+
+def _argument(value: Any) -> tuple[str, str]:
+    """An `arguments` entry: [default, description], or a bare default (no description)."""
+    if isinstance(value, list):
+        default, description = (value + ["", ""])[:2]
+        return str(default), str(description)
+    return str(value), ""
 
 
 def load_graphs(path: Optional[Path] = None) -> dict[str, Graph]:
@@ -82,8 +96,9 @@ def load_graphs(path: Optional[Path] = None) -> dict[str, Graph]:
     for name, g in doc.items():
         nodes = tuple(NodeSpec(n["executable"], n.get("name"), dict(n.get("parameters") or {}))
                       for n in g["nodes"])
-        graphs[name] = Graph(name, g.get("description", ""), {k: str(v) for k, v in (g.get("arguments") or {}).items()},
-                             nodes)
+        args = {k: _argument(v) for k, v in (g.get("arguments") or {}).items()}
+        graphs[name] = Graph(name, g.get("description", ""), {k: d for k, (d, _) in args.items()}, nodes,
+                             {k: h for k, (_, h) in args.items()})
     return graphs
 
 
@@ -103,7 +118,8 @@ def ros2_launch_description(graph_name: str):
     from launch_ros.actions import Node
 
     graph = load_graphs()[graph_name]
-    actions = [DeclareLaunchArgument(k, default_value=v) for k, v in graph.arguments.items()]
+    actions = [DeclareLaunchArgument(k, default_value=v, description=graph.argument_help.get(k) or k)
+               for k, v in graph.arguments.items()]
     for n in graph.nodes:
         params = {}
         for k, v in n.parameters.items():
@@ -162,22 +178,34 @@ def run_graph(graph: Graph, overrides: dict[str, str], log=print) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     graphs = load_graphs()
-    ap = argparse.ArgumentParser(prog="irevla launch", description="Start one of irevla's ROS 2 graphs "
-                                 "(launch/graphs.yaml) without ros2 launch.")
+    graph = graphs.get(argv[0]) if argv else None
+    # With a graph named first, --help also lists that graph's launch arguments.
+    ap = argparse.ArgumentParser(prog="irevla launch", description=(graph.description if graph else
+                                 "Start one of irevla's ROS 2 graphs (launch/graphs.yaml) without ros2 launch."),
+                                 epilog=graph.help_epilog() if graph else
+                                 "graphs: " + ", ".join(sorted(graphs)) + " (`irevla launch GRAPH --help`: its "
+                                 "arguments)", formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("graph", choices=sorted(graphs))
-    ap.add_argument("overrides", nargs="*", metavar="ARG:=VALUE")
+    ap.add_argument("overrides", nargs="*", metavar="ARG:=VALUE", help="launch arguments of the graph")
     args = ap.parse_args(argv)
+    from robot_server.usage import UsageError
     overrides = {}
     for item in args.overrides:
         if ":=" not in item:
-            ap.error(f"expected ARG:=VALUE, got {item!r}")
+            raise UsageError(f"expected ARG:=VALUE, got {item!r}")
         k, v = item.split(":=", 1)
         overrides[k] = v
+    try:
+        graphs[args.graph].resolve(overrides)  # an unknown argument fails here, before any process starts
+    except ValueError as exc:
+        raise UsageError(f"{exc} (`irevla launch {args.graph} --help` lists them)") from None
     from robot_server.isolation import ensure_local_ros
     ensure_local_ros()
     return run_graph(graphs[args.graph], overrides)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from robot_server.cli import run_command
+    sys.exit(run_command("launch", main))  # user errors as one line, as under `irevla`

@@ -26,7 +26,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from robot_server import ros_interface as ri
 from robot_server.backends.base import RobotBackend, RobotState
-from robot_server.config import load_safety_config
+from robot_server.config import check_backend_home, load_safety_config, resolve_config
 from robot_server.server_core import RobotServerCore
 from robot_server.ros_main import init_with_stop_event
 
@@ -69,14 +69,27 @@ class RobotNode(Node):
             raise ValueError(f"rate must be in (0, 1000] Hz, got {rate}")
         self.owns_backend = backend is None
         backend_config = self.get_parameter("backend_config").value
+        if backend_config:  # config/backends/... works from any directory (robot_server/config.py)
+            backend_config = str(resolve_config(backend_config))
         sim_size = int(self.get_parameter("sim_image_size").value)
         if p["backend"] == "sim" and sim_size > 0 and not backend_config:
             backend_config = {"image_size": sim_size}
+        safety_config = load_safety_config(p["safety_config"] or None)
+        if backend is None:
+            # The backend's home against the safety box, before connecting to anything: a Cartesian home outside
+            # it is a ConfigError naming the field (robot_server/config.py).
+            check_backend_home(p["backend"], backend_config or None, safety_config)
         self.backend = backend if backend is not None else make_backend(
             p["backend"], p["task"], int(p["seed"]), backend_config)
         self.base_frame = p["base_frame"]
-        self.core = RobotServerCore(self.backend, safety_config=load_safety_config(p["safety_config"] or None),
-                                    task=p["task"] or None, seed=int(p["seed"]), base_frame=self.base_frame)
+        try:
+            self.core = RobotServerCore(self.backend, safety_config=safety_config, task=p["task"] or None,
+                                        seed=int(p["seed"]), base_frame=self.base_frame)
+        except Exception:
+            if self.owns_backend:
+                self.backend.close()
+                self.backend = None
+            raise
         self._has_success = callable(getattr(self.backend, "success", None))
         self._has_scene = callable(getattr(self.backend, "scene_json", None))
         # Status/success and the scene ground truth (sim only: object poses for out-of-process scripted experts)

@@ -12,18 +12,19 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.parameter import Parameter
 
-from robot_server.backends.sim import SimTwinBackend
 from robot_server.camera_node import CameraNode
-from robot_server.cameras.sim import SimCameraSource
 from robot_server.robot_node import RobotNode
 from robot_server.ros_main import init_with_stop_event
+
+if TYPE_CHECKING:  # imported where used: mujoco must not load before main() picks its GL backend
+    from robot_server.backends.sim import SimTwinBackend
 
 
 @dataclass
@@ -44,6 +45,8 @@ def build(context: Optional[Context] = None, robot_params: Optional[list[Paramet
           camera_params: Optional[list[Parameter]] = None,
           backend: Optional[SimTwinBackend] = None, make_executor: bool = True) -> SimBringup:
     """Robot node (creating the sim backend from its parameters unless one is given) + camera node."""
+    from robot_server.backends.sim import SimTwinBackend
+    from robot_server.cameras.sim import SimCameraSource
     robot = RobotNode(backend, context=context, parameter_overrides=robot_params)
     if not isinstance(robot.backend, SimTwinBackend):
         robot.destroy_node()
@@ -58,6 +61,8 @@ def build(context: Optional[Context] = None, robot_params: Optional[list[Paramet
 
 
 def main(args: Optional[list[str]] = None) -> int:
+    from robot_server.mujoco_gl import ensure_mujoco_gl
+    ensure_mujoco_gl()  # the cameras render: a working offscreen backend (EGL, else OSMesa) unless MUJOCO_GL is set
     logging.basicConfig(level=logging.INFO)
     stop = init_with_stop_event(args)
     bringup = None

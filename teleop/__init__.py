@@ -6,6 +6,6 @@
 - `teleop.operator`    the operator's terminal: task/instruction prompt, progress line, one control tick.
 - `teleop.recorder`    `EpisodeRecorder`: one crash-safe MCAP file per episode, JSONL index, progress.
 - `teleop.episode_format`, `teleop.storage`  the file format and the crash-safe directory layout.
-- `teleop.dataset`     read / validate / stats / video / `EpisodeDataset` (cached loader); CLI `irevla-dataset`.
+- `teleop.dataset`     read / validate / stats / video / `EpisodeDataset` (cached loader); CLI `irevla dataset`.
 See teleop/README.md.
 """

@@ -50,6 +50,31 @@ def test_ros2_launch_file_exists_and_reads_the_same_graph(graph):
     assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
 
 
+@pytest.mark.parametrize("graph", sorted(GRAPHS))
+def test_every_launch_argument_has_a_description_shown_by_help(graph):
+    g = GRAPHS[graph]
+    assert g.description
+    for name in g.arguments:
+        assert g.argument_help.get(name), f"{graph}: launch argument {name} has no description"
+    out = subprocess.run([sys.executable, "-m", "robot_server.cli", "launch", graph, "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for name, default in g.arguments.items():
+        line = next((l for l in out.stdout.splitlines() if l.split()[:1] == [name]), None)
+        assert line is not None, f"{name} missing from `irevla launch {graph} --help`:\n{out.stdout}"
+        assert g.argument_help[name] in line and f"(default: {default})" in line, line
+
+
+def test_bare_default_still_loads_as_an_argument(tmp_path):
+    """The short form `name: default` (no description) stays valid YAML for the graphs file."""
+    f = tmp_path / "graphs.yaml"
+    f.write_text("g:\n  arguments:\n    task: pick_carrot\n  nodes:\n    - executable: sim_bringup\n"
+                 "      parameters: {task: $(arg task)}\n")
+    g = load_graphs(f)["g"]
+    assert g.arguments == {"task": "pick_carrot"} and g.argument_help == {"task": ""}
+    assert g.resolve()[0].parameters == {"task": "pick_carrot"}
+
+
 def test_ros_args_render_parameters():
     spec = GRAPHS["sim_cell"].resolve({"task": "pick_carrot", "seed": "5"})[0]
     args = ros_args(spec)

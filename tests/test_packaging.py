@@ -177,6 +177,49 @@ def test_setup_py_data_files_exist():
     assert {'share/irevla/launch', 'share/irevla/config'} <= dests
 
 
+def test_setup_py_installs_every_config_yaml_including_backends():
+    """Every YAML under config/ (the backends' too) is installed to the same relative place in share/irevla."""
+    installed = {f: dest for dest, files in setup_kwargs()['data_files'] for f in files}
+    shipped = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / 'config').rglob('*.yaml'))
+    assert any(f.startswith('config/backends/') for f in shipped)
+    for f in shipped:
+        assert installed.get(f) == 'share/irevla/' + f.rsplit('/', 1)[0], f'{f} is not installed (setup.py data_files)'
+
+
+def test_shipped_paths_resolve_through_the_share_directory(monkeypatch, tmp_path):
+    """Default config paths come from share/irevla (ament index, else the interpreter's prefix), not from beside
+    the sources; a relative `config/...` path works from any working directory."""
+    from robot_server import config
+    monkeypatch.setenv('AMENT_PREFIX_PATH', sys.prefix)
+    share = config.share_dir()
+    assert share == Path(sys.prefix) / 'share' / 'irevla' and (share / 'package.xml').is_file()
+    found = config.shipped_path('config/backends/realsense.yaml')
+    assert found == share / 'config' / 'backends' / 'realsense.yaml' and found.is_file()
+    assert config.shipped_config_path('rl_session.yaml') == str(share / 'config' / 'rl_session.yaml')
+    monkeypatch.chdir(tmp_path)
+    assert config.resolve_config('config/backends/panda_py.yaml') == share / 'config' / 'backends' / 'panda_py.yaml'
+    assert config.resolve_config('config/no_such.yaml') == Path('config/no_such.yaml')  # the error names it
+    (tmp_path / 'config').mkdir()
+    (tmp_path / 'config' / 'safety.yaml').write_text('{}')
+    assert config.resolve_config('config/safety.yaml') == Path('config/safety.yaml')  # the user's own file wins
+    # Without the ament index (pip only): the prefix's share directory still serves the files.
+    monkeypatch.delenv('AMENT_PREFIX_PATH')
+    assert config.share_dir() == share
+
+
+def test_no_default_config_path_is_built_beside_the_sources():
+    """Code reaches config/ and launch/ through robot_server.config, not Path(__file__).parents[...] / "config"."""
+    offenders = []
+    for path in python_files():
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in ('tests', 'scripts') or rel.as_posix() == 'robot_server/config.py':
+            continue
+        for line in path.read_text(encoding='utf-8').splitlines():
+            if '__file__' in line and re.search(r'["\'](config|launch)["\']', line):
+                offenders.append(f'{rel}: {line.strip()}')
+    assert not offenders, '\n'.join(offenders)
+
+
 def test_setup_py_package_data_matches_files():
     package_data = setup_kwargs().get('package_data', {})
     assert 'tasks/*.yaml' in package_data.get('sim_twin', [])

@@ -7,6 +7,9 @@ a real camera would); selection by serial, crop / resize, aligned depth, device-
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -180,3 +183,44 @@ def test_aligned_depth_crop_resize_and_serial_check(recordings):
         make_camera_source("realsense", {"cameras": [{"name": "front", "serail": "1"}]})
     with pytest.raises(ValueError, match="several live cameras"):
         make_camera_source("realsense", {"cameras": [{"name": "a"}, {"name": "b", "serial": "2"}]})
+
+
+def _call(node, srv_type, name: str, request, timeout: float = 10.0):
+    cli = node.create_client(srv_type, name)
+    assert cli.wait_for_service(timeout_sec=timeout), f"{name} not offered"
+    fut = cli.call_async(request)
+    wait_for(fut.done, timeout, interval=0.05, message=f"{name} did not answer")
+    return fut.result()
+
+
+@pytest.mark.ros
+def test_camera_node_declares_source_config_and_rate(recordings, ros_context, spin_thread, tmp_path):
+    """The camera_node executable's way: the node builds its source from its own parameters, all declared with a
+    description, so `ros2 param list` / `ros2 param describe` show them (asked here over DDS, as ros2 param does)."""
+    import rclpy
+    import yaml
+    from rcl_interfaces.srv import DescribeParameters, ListParameters
+    from rclpy.parameter import Parameter
+    cfg = tmp_path / "cams.yaml"
+    cfg.write_text(yaml.safe_dump(_config(recordings)))
+    node = CameraNode(context=ros_context, parameter_overrides=[Parameter("source", value="realsense"),
+                                                                Parameter("config", value=str(cfg))])
+    probe = rclpy.create_node("camera_param_probe", context=ros_context)
+    spin_thread([node, probe])
+    try:
+        assert sorted(node.source.names) == ["front", "wrist"]  # built from the `config` parameter
+        listed = _call(probe, ListParameters, "/irevla/camera_node/list_parameters", ListParameters.Request())
+        assert {"source", "config", "rate"} <= set(listed.result.names), listed.result.names
+        described = _call(probe, DescribeParameters, "/irevla/camera_node/describe_parameters",
+                          DescribeParameters.Request(names=["source", "config", "rate"]))
+        assert all(d.description for d in described.descriptors), described.descriptors
+    finally:
+        node.stop()
+
+
+@pytest.mark.ros
+def test_camera_node_executable_rejects_an_unknown_source_in_one_line():
+    out = subprocess.run([sys.executable, "-m", "robot_server.camera_node", "--ros-args", "-p", "source:=no_such"],
+                         capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and "unknown camera source 'no_such'" in out.stderr, out.stderr
