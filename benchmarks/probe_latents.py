@@ -51,6 +51,8 @@ def _views(vla, images, instruction) -> dict[str, np.ndarray]:
         vision = vla.vlm.vision_model(pixel_values=pixel_values).last_hidden_state
     latents = vla.encode(images, [instruction])
     out = {"vision": vision, "latents": latents, "latents_pooled": vla.head.token_learner(latents)}
+    if getattr(vla.vlm, "config", None) is not None and getattr(vla.vlm.config, "object_readout", False):
+        out["readout"] = vla.vlm.object_position(latents)  # the model's own trained readout (normalized xyz)
     return {k: v.reshape(-1).float().numpy() for k, v in out.items() if torch.is_tensor(v)}
 
 
@@ -102,6 +104,14 @@ def main(argv=None) -> int:
           f"{100 * mean_rmse:.2f} cm; model = {args.checkpoint}"
           + (f", compare = {args.compare}" if args.compare else ""))
     rows = {}
+    for name in [k for k in views if k.endswith(": readout")]:  # no fit: the trained readout's own error
+        from policy.towers import OBJECT_CENTER, OBJECT_SCALE
+        guess = views.pop(name)[:, :2] * OBJECT_SCALE + np.asarray(OBJECT_CENTER[:2])
+        err = guess - y
+        rows[name] = {"view": name + " (trained, no probe fit)", "dim": 3,
+                      "rmse_cm": round(100 * float(np.sqrt((err ** 2).sum(1).mean())), 2),
+                      "r2": round(1.0 - float((err ** 2).sum() / ((y - y.mean(0)) ** 2).sum()), 3)}
+        print(json.dumps(rows[name]), flush=True)
     for name, x in views.items():
         rmse, r2, lam = min((ridge_cv(x, y, lam) + (lam,) for lam in (0.1, 1.0, 10.0, 100.0, 1e3, 1e4)),
                             key=lambda r: r[0])

@@ -56,6 +56,10 @@ class TowersSettings:
     # Spatial-softmax keypoints per camera (0: none): K expected grid positions of the modulated grid, one latent
     # token per camera (latents: cameras * (queries + 1) + 1 tokens).
     keypoints: int = 0
+    # A linear readout of the instructed object's position (x, y, z) from the flattened latents, trained with an
+    # auxiliary loss where the data carries privileged labels (twin episodes: `irevla dataset label-objects`). It
+    # makes the latents keep where the named object is, which the action loss alone did not (issue 11's probe).
+    object_readout: bool = False
 
     def __post_init__(self):
         if self.image_size % 16 or self.image_size < 32:

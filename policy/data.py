@@ -27,6 +27,7 @@ import numpy as np
 
 from policy.config import POLICY_STATE_DIM, POLICY_STATE_NAMES
 from teleop.dataset import EpisodeDataset, compute_stats, file_hash
+from teleop.object_labels import read_object_labels
 
 LOG = logging.getLogger("policy.data")
 PathLike = Union[str, Path]
@@ -106,6 +107,10 @@ class Batch:
     action: np.ndarray  # float32 [B, 7]
     obs_ids: list[str]
     features: Optional[np.ndarray] = None  # float16 [B, cameras, F, g, g]: a frozen vision tower's cached output
+    # float32 [B, 3]: the instructed object's position where the data has privileged labels (NaN rows elsewhere)
+    object_xyz: Optional[np.ndarray] = None
+    # bool [B]: rows whose action is a label (False: a counterfactual row for the object readout only); None: all
+    action_mask: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.instructions)
@@ -114,14 +119,24 @@ class Batch:
         """The one-sample batch of row r."""
         return Batch(None if self.images is None else self.images[r:r + 1], [self.instructions[r]],
                      self.state[r:r + 1], self.action[r:r + 1], [self.obs_ids[r]],
-                     None if self.features is None else self.features[r:r + 1])
+                     None if self.features is None else self.features[r:r + 1],
+                     None if self.object_xyz is None else self.object_xyz[r:r + 1],
+                     None if self.action_mask is None else self.action_mask[r:r + 1])
 
     @staticmethod
     def concat(parts: Sequence["Batch"]) -> "Batch":
         feats = None if parts[0].features is None else np.concatenate([p.features for p in parts])
         images = None if parts[0].images is None else np.concatenate([p.images for p in parts])
+        xyz = None
+        if any(p.object_xyz is not None for p in parts):
+            xyz = np.concatenate([np.full((len(p), 3), np.nan, np.float32) if p.object_xyz is None else p.object_xyz
+                                  for p in parts])
+        mask = None
+        if any(p.action_mask is not None for p in parts):
+            mask = np.concatenate([np.ones(len(p), bool) if p.action_mask is None else p.action_mask for p in parts])
         return Batch(images, [i for p in parts for i in p.instructions], np.concatenate([p.state for p in parts]),
-                     np.concatenate([p.action for p in parts]), [o for p in parts for o in p.obs_ids], feats)
+                     np.concatenate([p.action for p in parts]), [o for p in parts for o in p.obs_ids], feats, xyz,
+                     mask)
 
 
 class PolicyData:
@@ -159,6 +174,8 @@ class PolicyData:
         if len(shapes) != 1:
             raise DataError(f"{self.root}: camera images of different sizes {sorted(shapes)}")
         self.image_shape = shapes.pop()  # (H, W, 3)
+        labels = read_object_labels(self.root)  # privileged object positions (twin datasets), if labelled
+        self.object_labels = [labels.get(self.ds.episode(k)["name"]) for k in range(self.ds.num_episodes)]
         self.feature_store = None  # policy.feature_cache.FeatureStore: batches then carry features, not images
 
     def use_features(self, store) -> None:
@@ -180,6 +197,13 @@ class PolicyData:
         k, t = self.ds.locate(i)
         return f"{self.episode_hashes[k]}:{t}"
 
+    def alternatives(self, i: int) -> list:
+        """(instruction naming another object of the scene, that object's xyz) for step i: counterfactual readout
+        rows (teleop/object_labels.py); empty where the step has no object label."""
+        k, t = self.ds.locate(int(i))
+        label = self.object_labels[k]
+        return list(label["others"]) if label is not None and t < label["until_step"] else []
+
     def images(self, indices: Sequence[int]) -> np.ndarray:
         out = np.empty((len(indices), len(self.cameras), *self.image_shape), np.uint8)
         for j, i in enumerate(indices):
@@ -193,19 +217,23 @@ class PolicyData:
         n = len(indices)
         state = np.empty((n, POLICY_STATE_DIM), np.float32)
         action = np.empty((n, 7), np.float32)
+        xyz = np.full((n, 3), np.nan, np.float32)
         instr, ids, where = [], [], []
         for j, i in enumerate(indices):
             k, t = self.ds.locate(int(i))
             ep = self.ds.episode(k)
             state[j] = ep["state"][t][-POLICY_STATE_DIM:]
             action[j] = ep["action"][t]
+            label = self.object_labels[k]
+            if label is not None and t < label["until_step"]:
+                xyz[j] = label["xyz"]
             instr.append(ep["instruction"])
             ids.append(f"{self.episode_hashes[k]}:{t}")
             where.append((k, t))
         if self.feature_store is not None:
             feats = np.stack([self.feature_store.features(k, t) for k, t in where])
-            return Batch(None, instr, state, action, ids, feats)
-        return Batch(self.images(indices), instr, state, action, ids)
+            return Batch(None, instr, state, action, ids, feats, xyz)
+        return Batch(self.images(indices), instr, state, action, ids, None, xyz)
 
     def norm_stats(self) -> NormStats:
         if not self._filtered:
@@ -244,7 +272,8 @@ class MixtureBatches:
     """Deterministic batches from several PolicyData sources mixed by weight, split across processes."""
 
     def __init__(self, sources: Sequence[PolicyData], weights: Optional[Sequence[float]], batch_size: int,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, augment_shift_px: int = 0):
+                 seed: int = 0, rank: int = 0, world_size: int = 1, augment_shift_px: int = 0,
+                 counterfactual_rate: float = 0.0):
         if not sources:
             raise DataError("no datasets given")
         weights = [1.0] * len(sources) if not weights else list(weights)
@@ -264,6 +293,7 @@ class MixtureBatches:
         self.local_batch = batch_size // world_size
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.augment_shift_px = int(augment_shift_px)
+        self.counterfactual_rate = float(counterfactual_rate)
         self.image_shape = sources[0].image_shape
         self._perms: "OrderedDict[tuple[int, int], np.ndarray]" = OrderedDict()
         self._consumed_step = 0
@@ -327,6 +357,8 @@ class MixtureBatches:
         kinds = {p.features is None for p in parts}
         if len(kinds) != 1:
             raise DataError("some sources serve cached features and others images: use features for all or none")
+        if self.counterfactual_rate > 0:
+            parts += self._counterfactuals(step, lo, picks, parts)
         out = Batch.concat(parts)
         if self.augment_shift_px and out.images is not None:  # cached features: no pixel augmentation possible
             # Seeded by the sample's position in the global batch: the same pixels whatever the process split.
@@ -334,6 +366,22 @@ class MixtureBatches:
                 rng = np.random.default_rng([self.seed, 19, step, lo + j])
                 out.images[j:j + 1] = random_shift(out.images[j:j + 1], self.augment_shift_px, rng)
         return out
+
+    def _counterfactuals(self, step: int, lo: int, picks: list, rows: list) -> list[Batch]:
+        """Extra rows: a labelled sample again with its instruction naming another object of the scene and that
+        object's position as the readout's target; no action label (the recorded action is for the named task)."""
+        extra = []
+        for j, ((k, i), row) in enumerate(zip(picks, rows)):
+            rng = np.random.default_rng([self.seed, 23, step, lo + j])
+            if rng.random() >= self.counterfactual_rate:
+                continue
+            alts = self.sources[k].alternatives(i)
+            if not alts:
+                continue
+            text, xyz = alts[int(rng.integers(len(alts)))]
+            extra.append(Batch(row.images, [text], row.state, row.action, [row.obs_ids[0] + ":cf"], row.features,
+                               np.asarray(xyz, np.float32)[None], np.zeros(1, bool)))
+        return extra
 
     def norm_stats(self) -> NormStats:
         return NormStats.pooled([s.norm_stats() for s in self.sources], self.weights)

@@ -38,6 +38,10 @@ VISION_BLOCKS = 11
 VISION_CHANNELS = 112
 VISION_STRIDE = 16
 TEXT_WIDTH = 384
+# The object readout predicts (position - OBJECT_CENTER) / OBJECT_SCALE: the twin's table workspace (metres), so its
+# loss is O(1) like the normalized action loss.
+OBJECT_CENTER = (0.5, 0.0, 0.02)
+OBJECT_SCALE = 0.1
 
 
 class TowerError(RuntimeError):
@@ -195,6 +199,8 @@ class TowersVLM(nn.Module):
         self.language_projection = nn.Linear(h, h)
         self.lm_pos = nn.Parameter(torch.randn(self.num_latent_tokens, h) * 0.02)
         self.language_model = _qformer(cfg, cfg.lm_layers, cross=False)
+        if cfg.object_readout:
+            self.object_readout = nn.Linear(self.num_latent_tokens * h, 3)
         self._towers = _shared_towers()  # a plain tuple: not submodules (frozen, loaded from packages, never saved)
 
     @property
@@ -269,6 +275,16 @@ class TowersVLM(nn.Module):
         tokens = torch.cat([tokens[:, :n] + self.lm_pos[None], tokens[:, n:]], dim=1)
         lm_mask = torch.cat([torch.ones(b, qout.shape[1], dtype=torch.long, device=dev), ctx_mask], dim=1)
         return self.language_model(query_embeds=tokens, attention_mask=lm_mask).last_hidden_state[:, :n]
+
+    def object_position(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents [B, N, h] -> the readout's normalized object position [B, 3] (see OBJECT_CENTER)."""
+        if not self.config.object_readout:
+            raise ValueError("this backbone has no object readout (backbone.towers.object_readout: false)")
+        return self.object_readout(latents.flatten(1).to(self.object_readout.weight.dtype))
+
+    @staticmethod
+    def normalize_position(xyz: torch.Tensor) -> torch.Tensor:
+        return (xyz - torch.tensor(OBJECT_CENTER, dtype=xyz.dtype, device=xyz.device)) / OBJECT_SCALE
 
     # ------------------------------------------------------------------ persistence (from_pretrained style)
     def save_pretrained(self, directory: PathLike) -> None:

@@ -63,6 +63,14 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     gripper_loss_weight: float = 1.0
+    # Weight of the object-readout loss (towers backbone with object_readout, on rows with privileged labels).
+    object_loss_weight: float = 1.0
+    # Chance that a labelled sample is repeated with its instruction naming another object of the scene, for the
+    # readout only (policy/data.py MixtureBatches): the latents must follow the words, not the scene's composition.
+    counterfactual_rate: float = 0.0
+    # How a batch is shared: "dataset" (by the `mix` weights, equal by default) or "task" (every task of every
+    # dataset gets the same share, e.g. stage 2's RL task beside each expert task, whatever the episode counts).
+    balance: str = "dataset"
     # Override of what trains in the VLM ("lora", "full", "frozen"); None: the model's own setting. Stage 2 of a
     # checkpoint uses "lora" (paper); a fresh tiny VLA trains "full".
     backbone_training: Optional[str] = None
@@ -96,6 +104,10 @@ class TrainConfig:
             raise ValueError(f"amp must be auto, bf16 or off, got {self.amp!r}")
         if self.normalization not in ("auto", "data", "keep"):
             raise ValueError(f"normalization must be auto, data or keep, got {self.normalization!r}")
+        if self.balance not in ("dataset", "task"):
+            raise ValueError(f"balance must be dataset or task, got {self.balance!r}")
+        if self.balance == "task" and self.mix:
+            raise ValueError("balance: task shares batches per task; it cannot be combined with mix weights")
         if self.backbone_training not in (None, "lora", "full", "frozen"):
             raise ValueError(f"backbone_training must be lora, full or frozen, got {self.backbone_training!r}")
         if len(self.betas) != 2:
@@ -162,22 +174,59 @@ def _main_first(info: DistInfo, fn: Callable):
 
 # ---------------------------------------------------------------------------------------------- objective
 class SFTObjective(nn.Module):
-    """(normalized pixels, tokens, state, action) -> (loss, pose MSE, gripper MSE). The module DDP wraps."""
+    """(normalized pixels, tokens, state, action, object position) -> (loss, pose MSE, gripper MSE, object MSE).
+    The module DDP wraps. The object term (a towers backbone with `object_readout`) is the readout's MSE on the rows
+    that carry a privileged object label (teleop/object_labels.py), weighted by `object_loss_weight`; 0 elsewhere."""
 
-    def __init__(self, vla, gripper_loss_weight: float):
+    def __init__(self, vla, gripper_loss_weight: float, object_loss_weight: float = 0.0):
         super().__init__()
         self.vla = vla
         self.gripper_loss_weight = float(gripper_loss_weight)
+        self.object_loss_weight = float(object_loss_weight)
+        self.has_readout = any(n.endswith("object_readout.weight") for n, _ in vla.named_parameters())  # cf. _has_readout
 
-    def forward(self, pixel_values, ids, mask, state, action):
+    def forward(self, pixel_values, ids, mask, state, action, object_xyz=None, action_mask=None):
         head = self.vla.head
         latents = self.vla.encode_tensors(pixel_values, ids, mask)
         pred = head.forward_normalized(latents, state).float()
         target = head.normalize_action(action).float()
         err = (pred - target) ** 2
-        arm = err[:, :6].mean()
-        grip = err[:, 6:].mean()
-        return arm + self.gripper_loss_weight * grip, arm.detach(), grip.detach()
+        if action_mask is not None:  # counterfactual rows train the object readout only
+            w = action_mask.float()[:, None]
+            arm = (err[:, :6] * w).sum() / (w.sum() * 6).clamp_min(1)
+            grip = (err[:, 6:] * w).sum() / (w.sum() * (err.shape[1] - 6)).clamp_min(1)
+        else:
+            arm = err[:, :6].mean()
+            grip = err[:, 6:].mean()
+        loss = arm + self.gripper_loss_weight * grip
+        obj = torch.zeros((), device=loss.device)
+        if self.has_readout and object_xyz is not None and self.object_loss_weight > 0:
+            # Every row goes through the readout (so DDP sees its parameters used); unlabelled rows weigh 0.
+            vlm = self.vla.vlm
+            rows = torch.isfinite(object_xyz).all(dim=1)
+            guess = vlm.object_position(latents).float()
+            goal = vlm.normalize_position(torch.nan_to_num(object_xyz.float()))
+            sq = ((guess - goal) ** 2).mean(dim=1) * rows.float()
+            obj = sq.sum() / rows.sum().clamp_min(1)
+            loss = loss + self.object_loss_weight * obj
+        return loss, arm.detach(), grip.detach(), obj.detach()
+
+
+def split_by_task(sources: Sequence[PolicyData]) -> tuple[list[PolicyData], list[float]]:
+    """One source per (dataset, task) and weights giving every task the same share of a batch (a task found in
+    several datasets is split between them by their step counts)."""
+    parts = []
+    for s in sources:
+        tasks = sorted({s.ds.episode(k)["task"] for k in range(s.num_episodes)})
+        for t in tasks:
+            parts.append((t, PolicyData(s.root, s.cameras, include_failed=s.include_failed, tasks=[t])))
+    names = sorted({t for t, _ in parts})
+    totals = {t: sum(len(p) for u, p in parts if u == t) for t in names}
+    return [p for _, p in parts], [len(p) / totals[t] / len(names) for t, p in parts]
+
+
+def _has_readout(vla, cfg: TrainConfig) -> bool:
+    return cfg.object_loss_weight > 0 and any(n.endswith("object_readout.weight") for n, _ in vla.named_parameters())
 
 
 def prepare_inputs(vla, batch: Batch, device) -> tuple:
@@ -190,21 +239,24 @@ def prepare_inputs(vla, batch: Batch, device) -> tuple:
     ids, mask = vla.tokenize(batch.instructions)
     state = vla._state_tensor(batch.state, len(batch)) if vla.cfg.head.use_state else None
     action = torch.as_tensor(batch.action, dtype=torch.float32)
+    xyz = None if batch.object_xyz is None else torch.as_tensor(batch.object_xyz, dtype=torch.float32).to(device)
+    amask = None if batch.action_mask is None else torch.as_tensor(batch.action_mask).to(device)
     return (pixel_values.to(device), ids.to(device), mask.to(device),
-            None if state is None else state.to(device), action.to(device))
+            None if state is None else state.to(device), action.to(device), xyz, amask)
 
 
-def batch_loss(vla, batch: Batch, gripper_loss_weight: float = 1.0) -> dict:
+def batch_loss(vla, batch: Batch, gripper_loss_weight: float = 1.0, object_loss_weight: float = 0.0) -> dict:
     """The training objective on one batch, without gradients, in eval mode (for evaluation hooks)."""
     was = vla.training
     vla.eval()
     try:
         with torch.no_grad():
             dev = vla.pixel_mean.device
-            loss, arm, grip = SFTObjective(vla, gripper_loss_weight)(*prepare_inputs(vla, batch, dev))
+            loss, arm, grip, obj = SFTObjective(vla, gripper_loss_weight, object_loss_weight)(
+                *prepare_inputs(vla, batch, dev))
     finally:
         vla.train(was)
-    return {"loss": float(loss), "loss_pose": float(arm), "loss_gripper": float(grip)}
+    return {"loss": float(loss), "loss_pose": float(arm), "loss_gripper": float(grip), "loss_object": float(obj)}
 
 
 def fixed_loss_hook(data: Sequence[PolicyData], samples: int = 64, gripper_loss_weight: float = 1.0,
@@ -307,9 +359,13 @@ def _freeze_unused(objective: SFTObjective, inputs: tuple) -> list[str]:
     named = [(n, p) for n, p in objective.named_parameters() if p.requires_grad]
     if not named:
         return []
-    one = tuple(x[:1] if torch.is_tensor(x) else x for x in inputs)
-    pv = inputs[0][: inputs[0].shape[0] // inputs[1].shape[0]]  # one observation's camera images
-    one = (pv,) + one[1:]
+    xyz = inputs[5] if len(inputs) > 5 else None
+    r = 0  # a row with an object label if there is one: the readout is used only there
+    if xyz is not None and bool(torch.isfinite(xyz).all(dim=1).any()):
+        r = int(torch.isfinite(xyz).all(dim=1).nonzero()[0, 0])
+    one = tuple(x[r:r + 1] if torch.is_tensor(x) else x for x in inputs)
+    cams = inputs[0].shape[0] // inputs[1].shape[0]
+    one = (inputs[0][r * cams:(r + 1) * cams],) + one[1:]  # that observation's camera images
     with torch.random.fork_rng(devices=[]):
         loss = objective(*one)[0]
         grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
@@ -447,6 +503,9 @@ def _train(cfg, vla_or_ckpt, datasets, out_dir: Path, eval_hook, resume, until_s
     for s in sources:
         if list(s.cameras) != list(cams):
             raise ValueError(f"{s.root}: read cameras {s.cameras}, the policy reads {cams}")
+    mix = list(cfg.mix) or None
+    if cfg.balance == "task":
+        sources, mix = _main_first(info, lambda: split_by_task(sources))
     if getattr(vla, "is_towers", False) and cfg.feature_cache:
         from policy.feature_cache import FeatureStore
         stores = _main_first(info, lambda: [FeatureStore.build(vla, s, progress=cfg.progress and info.is_main)
@@ -455,8 +514,9 @@ def _train(cfg, vla_or_ckpt, datasets, out_dir: Path, eval_hook, resume, until_s
             s.use_features(store)
         if cfg.augment_shift_px:
             LOG.warning("augment_shift_px=%d is ignored: training on cached vision features", cfg.augment_shift_px)
-    batches = MixtureBatches(sources, cfg.mix or None, cfg.batch_size, seed=cfg.seed, rank=info.rank,
-                             world_size=info.world_size, augment_shift_px=cfg.augment_shift_px)
+    batches = MixtureBatches(sources, mix, cfg.batch_size, seed=cfg.seed, rank=info.rank,
+                             world_size=info.world_size, augment_shift_px=cfg.augment_shift_px,
+                             counterfactual_rate=cfg.counterfactual_rate if _has_readout(vla, cfg) else 0.0)
     norm_source = "checkpoint"
     identity = bool(torch.all(vla.head.action_mean == 0) and torch.all(vla.head.action_std == 1))
     if state is None and (cfg.normalization == "data" or (cfg.normalization == "auto" and identity)):
@@ -466,7 +526,7 @@ def _train(cfg, vla_or_ckpt, datasets, out_dir: Path, eval_hook, resume, until_s
 
     vla.to(device)
     vla.train()
-    objective = SFTObjective(vla, cfg.gripper_loss_weight).to(device)
+    objective = SFTObjective(vla, cfg.gripper_loss_weight, cfg.object_loss_weight).to(device)
     first = prepare_inputs(vla, batches.batch(start_step), device)
     unused = _freeze_gradient_free(vla) + _freeze_unused(objective, first)
     groups, names = _param_groups(vla, cfg)
@@ -563,7 +623,7 @@ def _train(cfg, vla_or_ckpt, datasets, out_dir: Path, eval_hook, resume, until_s
             next_batch = pool.submit(batches.batch, step + 1) if (pool and step + 1 < stop) else None
             inputs = prepare_inputs(vla, batch, device)
             with autocast():
-                loss, arm, grip = model(*inputs)
+                loss, arm, grip, obj = model(*inputs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -578,13 +638,14 @@ def _train(cfg, vla_or_ckpt, datasets, out_dir: Path, eval_hook, resume, until_s
             step += 1
             n_log += 1
             if step % cfg.log_every == 0 or step == stop:
-                vals = torch.stack([loss.detach().float(), arm.float(), grip.float()])
+                vals = torch.stack([loss.detach().float(), arm.float(), grip.float(), obj.float()])
                 if info.enabled:
                     torch.distributed.all_reduce(vals)
                     vals /= info.world_size
                 dt = time.perf_counter() - t_log
                 scalars = {"train/loss": float(vals[0]), "train/loss_pose": float(vals[1]),
-                           "train/loss_gripper": float(vals[2]), "train/lr": scheduler.get_last_lr()[0],
+                           "train/loss_gripper": float(vals[2]), "train/loss_object": float(vals[3]),
+                           "train/lr": scheduler.get_last_lr()[0],
                            "train/grad_norm": float(grad_norm), "train/samples_per_s": n_log * cfg.batch_size / dt}
                 logger.log(step, scalars)
                 if bar is not None:

@@ -50,7 +50,8 @@ class IterateConfig:
     vla_config: str = "config/policy_towers.yaml"
     stage0: dict[str, Any] = field(default_factory=dict)  # policy.train.TrainConfig overrides
     stage2: dict[str, Any] = field(default_factory=lambda: {"steps": 300})
-    stage2_rl_weight: float = 0.5  # share of harvested RL data in stage-2 batches (the rest: expert data)
+    # share of harvested RL data in stage-2 batches (the rest: expert data); unused with stage2 balance: task
+    stage2_rl_weight: float = 0.5
     curriculum: list[str] = field(default_factory=lambda: ["pick_eggplant"])
     session_config: Optional[str] = "config/rl_session.yaml"
     session: dict[str, Any] = field(default_factory=dict)  # rl_agent.session.SessionConfig overrides
@@ -72,16 +73,9 @@ class IterateConfig:
 
 
 def _repo_path(p: str) -> Path:
-    """Config paths are relative to the working directory, else to the source tree / installed share dir."""
-    path = Path(p)
-    if path.is_absolute() or path.exists():
-        return path
-    from robot_server.config import shipped_config_path
-    if p.startswith("config/"):
-        found = shipped_config_path(p[len("config/"):])
-        if found:
-            return Path(found)
-    return Path(__file__).resolve().parent.parent / p
+    """Config paths are relative to the working directory, else shipped ones (installed share dir / source tree)."""
+    from robot_server.config import resolve_config
+    return resolve_config(p)
 
 
 class RunState:
@@ -177,6 +171,8 @@ def stage1(cfg: IterateConfig, run_dir: Path, ckpt: str, task: str) -> dict:
 def stage2(cfg: IterateConfig, run_dir: Path, ckpt: str, expert: Path, harvested: list[str], task: str) -> str:
     n_rl = len(harvested)
     mix = [1.0 - cfg.stage2_rl_weight] + [cfg.stage2_rl_weight / n_rl] * n_rl if n_rl else []
+    if cfg.stage2.get("balance") == "task":  # every task its share, the RL task beside each expert task
+        mix = []
     mode = "frozen" if cfg.variant == "freeze" else "lora"
     _say(f"stage 2: supervised on expert + {n_rl} harvested set(s), VLM {mode}")
     return str(_train(cfg.stage2, ckpt, [expert, *harvested], mix, run_dir / "tasks" / task / "stage2", mode))
@@ -288,22 +284,53 @@ def write_results(reports: list[EvalReport], run_dir: Path, cfg: IterateConfig) 
     plot_reports(reports, run_dir / "success_by_task.png", "task")
 
 
+def check_inputs(cfg: IterateConfig) -> None:
+    """The files and task names a run will need, checked before it starts (a user's mistake: UsageError)."""
+    from robot_server.usage import UsageError, require_checkpoint, require_file
+    from sim_twin.tasks.registry import TaskRegistry
+    if cfg.sft_checkpoint:
+        require_checkpoint(cfg.sft_checkpoint)
+    else:
+        require_file(_repo_path(cfg.vla_config), "vla_config")
+    if cfg.session_config and cfg.variant not in ("sft_only", "ppo_replay"):
+        require_file(_repo_path(cfg.session_config), "session_config")
+    registry = TaskRegistry.load(extra_files=cfg.evaluation.task_files)
+    unknown = [t for t in cfg.curriculum if t not in registry.tasks]
+    if unknown:
+        raise UsageError(f"unknown curriculum task(s) {unknown}; known: {sorted(registry.tasks)}")
+    select_tasks(cfg.evaluation)  # unknown evaluation tasks / categories
+
+
+def load_run_config(cls, path: Optional[str], default: str):
+    """The run's typed config `cls`: an explicit --config must exist; the default one is optional (built-in
+    defaults)."""
+    from robot_server.usage import require_file
+    if path:
+        return load_yaml(cls, require_file(_repo_path(path), "--config"))
+    found = _repo_path(default)
+    return load_yaml(cls, found) if found.exists() else cls()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="irevla iterate", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=None, help="IterateConfig YAML (default config/iterate.yaml)")
-    p.add_argument("--run-dir", required=True)
+    p.add_argument("--out", help="run directory, required (created; an existing one is resumed)")
     p.add_argument("--variant", choices=VARIANTS)
-    p.add_argument("--sft-checkpoint", help="skip stage 0: start from this VLA checkpoint")
+    p.add_argument("--checkpoint", help="skip stage 0: start from this VLA checkpoint")
     p.add_argument("--tasks", nargs="+", help="curriculum (RL-category tasks)")
     p.add_argument("--rl-minutes", type=float, help="RL session budget per task")
     p.add_argument("--seeds", help="evaluation seeds ('0-19' or a count)")
+    from robot_server.usage import add_hidden_alias
+    add_hidden_alias(p, "--run-dir", "--out", dest="out")  # the spellings before all commands shared --out
+    add_hidden_alias(p, "--sft-checkpoint", "--checkpoint", dest="checkpoint")
     args = p.parse_args(argv)
-    cfg_path = _repo_path(args.config or "config/iterate.yaml")
-    cfg = load_yaml(IterateConfig, cfg_path) if cfg_path.exists() else IterateConfig()
+    if not args.out:
+        p.error("the following arguments are required: --out")
+    cfg = load_run_config(IterateConfig, args.config, "config/iterate.yaml")
     if args.variant:
         cfg.variant = args.variant
-    if args.sft_checkpoint:
-        cfg.sft_checkpoint = args.sft_checkpoint
+    if args.checkpoint:
+        cfg.sft_checkpoint = args.checkpoint
     if args.tasks:
         cfg.curriculum = args.tasks
     if args.rl_minutes is not None:
@@ -311,11 +338,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.seeds:
         from policy.evaluate import parse_seeds
         cfg.evaluation.seeds = parse_seeds(args.seeds)
-    reports = run_iterate(cfg, Path(args.run_dir))
+    check_inputs(cfg)
+    reports = run_iterate(cfg, Path(args.out))
     print(markdown_table(reports, "category"))
-    print(f"results: {Path(args.run_dir) / 'results.md'}")
+    print(f"results: {Path(args.out) / 'results.md'}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from robot_server.cli import run_command
+    sys.exit(run_command("iterate", main))  # user errors as one line, as under `irevla`

@@ -20,8 +20,10 @@ COLLECT=(collect --out "$WORK/expert" --episodes-per-task $PER_TASK --tasks "${E
          --image-size 128 --noise 0.1 --seed 0)
 TRAIN=(train --config config/policy_towers.yaml --data "$WORK/expert" --out "$WORK/stage0" --resume)
 # 1. Expert set: seeds 0 + 100000 k + attempt for task k; expert action noise 0.1 (recorded actions are the noisy
-#    executed ones, so the set shows recoveries).
+#    executed ones, so the set shows recoveries). collect ends by labelling each episode's object position from its
+#    seed (object_labels.jsonl, teleop/object_labels.py): stage 0's auxiliary object loss reads it.
 "$IREVLA" "${COLLECT[@]}"
+"$IREVLA" dataset label-objects "$WORK/expert" --workers 2   # no-op when collect labelled everything
 # 2. Frozen vision tower (EfficientNet-Lite0) output of every frame, two processes, cached next to the data.
 "$IREVLA" features --config config/policy_towers.yaml --data "$WORK/expert" --workers 2
 # 3. Stage 0: fusion (Q-Former + LM) and head on the cached features; two torch threads.

@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from typing import Optional
@@ -206,6 +207,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if recorded:
         print(f"{recorded} episode file(s), {bytes_written / recorded / 1e6:.2f} MB per episode on average")
     print(f"dataset {args.out}: {prog}")
+    # Twin scenes are drawn from their seeds: the task object's position becomes a privileged training label
+    # (teleop/object_labels.py; the towers model's auxiliary object loss).
+    from teleop.object_labels import LABELS_FILE, label_dataset
+    counts = label_dataset(args.out, workers=1, progress=False)
+    print(f"object labels: {counts['labelled']} new in {Path(args.out) / LABELS_FILE}")
     short = [t for t in tasks if got[t] < wanted[t]]
     if short:
         print(f"irevla collect: gave up on {short} after {[attempts[t] for t in short]} attempts "

@@ -1,10 +1,13 @@
-"""irevla-dataset: inspect and check recorded episode datasets.
+"""`irevla dataset`: inspect and check recorded episode datasets.
 
-    irevla-dataset validate DIR [--jobs N]         exit 1 if any problem (schema, counts, stamps, NaN, images, index)
-    irevla-dataset stats DIR [-o stats.json] [--include-failed]
-    irevla-dataset view DIR EPISODE -o out.mp4     EPISODE: number (42), name (episode_000042) or a file path
-    irevla-dataset reindex DIR                     reconcile index.jsonl with the files (files are the truth)
-    irevla-dataset cache DIR [--cache-dir D]       decode every episode once into the training cache
+    irevla dataset validate DIR [--workers N]      exit 1 if any problem (schema, counts, stamps, NaN, images, index)
+    irevla dataset stats DIR [-o stats.json] [--include-failed]
+    irevla dataset view DIR EPISODE -o out.mp4     EPISODE: number (42), name (episode_000042) or a file path
+    irevla dataset reindex DIR                     reconcile index.jsonl with the files (files are the truth)
+    irevla dataset cache DIR [--cache-dir D]       decode every episode once into the training cache
+    irevla dataset label-objects DIR [--workers N] the task object's position per twin episode, from its seed
+
+`irevla-dataset` is the deprecated spelling of `irevla dataset` (it still works, with a warning).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ def _fmt(v) -> str:
 def cmd_validate(args) -> int:
     from teleop.dataset import validate_dataset
     t0 = time.monotonic()
-    rep = validate_dataset(args.dir, jobs=args.jobs)
+    rep = validate_dataset(args.dir, jobs=args.workers)
     print(rep.summary())
     print(f"({time.monotonic() - t0:.1f} s)")
     return 0 if rep.ok else 1
@@ -79,13 +82,22 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def cmd_label_objects(args) -> int:
+    from teleop.object_labels import LABELS_FILE, label_dataset
+    counts = label_dataset(args.dir, workers=args.workers)
+    print(json.dumps({"file": str(Path(args.dir) / LABELS_FILE), **counts}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="irevla-dataset", description=__doc__,
+    from robot_server.usage import add_hidden_alias
+    p = argparse.ArgumentParser(prog="irevla dataset", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("validate", help="check every episode and the index; exit 1 on problems")
     s.add_argument("dir")
-    s.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    s.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    add_hidden_alias(s, "--jobs", "--workers", dest="workers", type=int)  # the spelling before --workers everywhere
     s.set_defaults(func=cmd_validate)
     s = sub.add_parser("stats", help="per-task counts, lengths, normalization statistics (JSON)")
     s.add_argument("dir")
@@ -106,16 +118,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir")
     s.add_argument("--include-failed", action="store_true")
     s.set_defaults(func=cmd_cache)
+    s = sub.add_parser("label-objects", help="privileged labels of twin episodes: the task object's position from "
+                                             "each episode's seed (teleop/object_labels.py)")
+    s.add_argument("dir")
+    s.add_argument("--workers", type=int, default=1)
+    s.set_defaults(func=cmd_label_objects)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "validate" and not Path(args.dir).is_dir():  # validate reports it as a problem (exit 1)
+        print(f"irevla dataset {args.command}: error: no dataset directory {args.dir}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, RuntimeError, ValueError) as exc:
-        print(f"irevla-dataset {args.command}: error: {exc}", file=sys.stderr)
+        print(f"irevla dataset {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def deprecated_main() -> int:
+    """The `irevla-dataset` console script: the same tool, now `irevla dataset`."""
+    print("irevla-dataset: warning: deprecated, use `irevla dataset`", file=sys.stderr)
+    return main()
 
 
 if __name__ == "__main__":

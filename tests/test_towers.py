@@ -160,6 +160,10 @@ def test_stage0_on_cached_features_learns(offline_env, dataset, tmp_path):
 
     ckpt = train_sft(cfg, small_cfg(), data, tmp_path / "run", eval_hook=record)
     assert len(losses) == 2 and losses[1] < 0.6 * losses[0], losses
+    # The object readout trained on the labelled rows (the pick episodes before the grasp): its loss fell.
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    obj = [r["train/loss_object"] for r in rows if "train/loss_object" in r]
+    assert len(obj) >= 5 and obj[-1] < 0.5 * obj[0] and obj[0] > 0, obj
     assert (Path(ckpt) / "backbone" / "towers.json").is_file()
     # The features were cached next to the dataset's decoded frames, keyed by the tower identity.
     assert list((Path(dataset) / ".cache" / "features").glob("effnet-lite0-*/*.npy"))
@@ -202,3 +206,80 @@ def test_film_starts_as_identity_and_conditions_the_grid_once_trained(offline_en
     q = slice(0, 10)  # the cameras' query and keypoint tokens: what reads the (now modulated) vision grid
     assert (a - a0)[:, q].abs().max() > 1e-3 and (b - b0)[:, q].abs().max() > 1e-3
     assert not torch.allclose(a - a0, b - b0, atol=1e-4)  # the modulation depends on the instruction
+
+
+def test_collect_labels_objects_from_seeds(offline_env, dataset):
+    """`irevla collect` writes the task object's position as a privileged label: recovered from the episode's seed,
+    it is where the twin put the object in that very episode (the first frame rendered again matches), valid until
+    the gripper first closes; episodes without an object (press_button) get none. Batches carry it, NaN elsewhere."""
+    from policy.data import PolicyData
+    from robot_server.gym_env import TwinEnv
+    from teleop.dataset import EpisodeDataset
+    from teleop.object_labels import read_object_labels
+    labels = read_object_labels(dataset)
+    ds = EpisodeDataset(dataset)
+    eps = {ds.episode(k)["name"]: ds.episode(k) for k in range(ds.num_episodes)}
+    assert sorted(eps[n]["task"] for n in labels) == ["pick_red_block"] * 2
+    name, lab = next(iter(labels.items()))
+    ep = eps[name]
+    env = TwinEnv(task=ep["task"], cameras=("front",), image_size=64)
+    try:
+        obs, _ = env.reset(seed=ep["meta"]["extra"]["seed"])
+        assert np.array_equal(obs["images"]["front"], ep["images"]["front"][0])
+        assert np.allclose(env.twin.object_pos("red_block"), lab["xyz"], atol=1e-4)
+    finally:
+        env.close()
+    actions = np.asarray(ep["action"])
+    t = lab["until_step"]
+    assert 0 < t < len(actions) and actions[t, 6] > 0 and (actions[:t, 6] <= 0).all()
+    data = PolicyData(dataset, ["front", "wrist"])
+    k = [data.ds.episode(i)["name"] for i in range(data.num_episodes)].index(name)
+    start = int(data.ds._starts[k])
+    b = data.batch([start, start + t - 1, start + t])
+    assert np.allclose(b.object_xyz[0], lab["xyz"]) and np.allclose(b.object_xyz[1], lab["xyz"])
+    assert np.isnan(b.object_xyz[2]).all()
+    button = next(i for i in range(data.num_episodes) if data.ds.episode(i)["task"] == "press_button")
+    assert np.isnan(data.batch([int(data.ds._starts[button])]).object_xyz).all()
+
+
+def test_corrupt_object_labels_are_refused(tmp_path):
+    from teleop.object_labels import ObjectLabelError, read_object_labels
+    (tmp_path / "object_labels.jsonl").write_text('{"episode": "e", "xyz": [0.5, NaN, 0], "until_step": 3}\n')
+    with pytest.raises(ObjectLabelError, match="object_labels.jsonl:1"):
+        read_object_labels(tmp_path)
+    (tmp_path / "object_labels.jsonl").write_text('{"episode": "e", "xyz": [0.5, 0.1, 0.0]\n')
+    with pytest.raises(ObjectLabelError):
+        read_object_labels(tmp_path)
+
+
+def test_counterfactual_rows_and_per_task_balance(offline_env, dataset):
+    """Counterfactual rows repeat a labelled sample with the instruction naming another object of the scene and that
+    object's position, without an action label; `balance: task` gives every task the same share of a batch."""
+    from policy.data import MixtureBatches, PolicyData
+    from policy.train import split_by_task
+    from teleop.object_labels import read_object_labels
+    data = PolicyData(dataset, ["front", "wrist"])
+    labels = read_object_labels(dataset)
+    batches = MixtureBatches([data], None, 32, seed=3, counterfactual_rate=1.0)
+    b = batches.batch(0)
+    cf = np.flatnonzero(~b.action_mask)
+    assert len(b) == 32 + len(cf) and len(cf) > 0 and b.action_mask[:32].all()
+    others = {text: xyz for lab in labels.values() for text, xyz in lab["others"]}
+    for r in cf:
+        assert "red" not in b.instructions[r] and b.instructions[r] in others
+        assert np.allclose(b.object_xyz[r], others[b.instructions[r]])
+    # The objective ignores the action of counterfactual rows: changing it changes nothing.
+    from policy.train import SFTObjective, prepare_inputs
+    vla = build_vla(small_cfg()).eval()
+    b.images = data.images([0] * len(b))  # pixels: this test's model has no feature store
+    inputs = list(prepare_inputs(vla, b, "cpu"))
+    with torch.no_grad():
+        before = SFTObjective(vla, 1.0, 1.0)(*inputs)
+        inputs[4] = inputs[4].clone()
+        inputs[4][torch.as_tensor(cf)] += 5.0
+        after = SFTObjective(vla, 1.0, 1.0)(*inputs)
+    assert torch.allclose(before[0], after[0]) and before[3] > 0
+    # Per-task balance.
+    parts, weights = split_by_task([data])
+    assert sorted(p.ds.episode(0)["task"] for p in parts) == ["pick_red_block", "press_button"]
+    assert np.allclose(weights, [0.5, 0.5])
