@@ -6,6 +6,8 @@
     irevla dataset reindex DIR                     reconcile index.jsonl with the files (files are the truth)
     irevla dataset cache DIR [--cache-dir D]       decode every episode once into the training cache
     irevla dataset label-objects DIR [--workers N] the task object's position per twin episode, from its seed
+    irevla dataset export DIR --format lerobot --out OUT [--include-failed]   LeRobotDataset v3.0
+    irevla dataset import-lerobot LEROBOT_DIR --out DIR   a v3 dataset with 7-D ee-delta actions -> episodes
 
 `irevla-dataset` is the deprecated spelling of `irevla dataset` (it still works, with a warning).
 """
@@ -89,6 +91,26 @@ def cmd_label_objects(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from teleop.lerobot_format import export_lerobot
+    t0 = time.monotonic()
+    s = export_lerobot(args.dir, args.out, fps=args.fps, include_failed=args.include_failed, codec=args.codec,
+                       pix_fmt=args.pix_fmt, crf=args.crf, gop=args.gop, dtype=args.dtype)
+    print(f"{s['episodes']} episodes, {s['frames']} frames, {s['tasks']} task(s), cameras {s['cameras']} -> "
+          f"{s['out']} (LeRobotDataset v3.0, {s['fps']} fps, {s['bytes'] / 1e6:.2f} MB of which video "
+          f"{s['video_bytes'] / 1e6:.2f} MB; {time.monotonic() - t0:.1f} s)")
+    return 0
+
+
+def cmd_import_lerobot(args) -> int:
+    from teleop.lerobot_format import import_lerobot
+    t0 = time.monotonic()
+    s = import_lerobot(args.dir, args.out, assume_ee_delta=args.assume_ee_delta, task=args.task)
+    print(f"{s['episodes']} episodes, {s['frames']} steps, cameras {s['cameras']} imported into {s['out']} "
+          f"({time.monotonic() - t0:.1f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from robot_server.usage import add_hidden_alias
     p = argparse.ArgumentParser(prog="irevla dataset", description=__doc__,
@@ -123,13 +145,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.add_argument("--workers", type=int, default=1)
     s.set_defaults(func=cmd_label_objects)
+    s = sub.add_parser("export", help="write the episodes in another format (LeRobotDataset v3.0)")
+    s.add_argument("dir")
+    s.add_argument("--format", required=True, choices=["lerobot"], help="output format")
+    s.add_argument("--out", required=True, help="output directory (new or empty)")
+    s.add_argument("--include-failed", action="store_true", help="also export failed episodes")
+    s.add_argument("--fps", type=int, default=None, help="frame rate (default: the episodes' control rate)")
+    s.add_argument("--codec", default="libx264", help="PyAV video encoder (libx264, libsvtav1, mpeg4, ...)")
+    s.add_argument("--pix-fmt", default="yuv444p", help="yuv444p (near-lossless, default) or yuv420p")
+    s.add_argument("--crf", type=int, default=0, help="quality (x264: 0 = lossless in YUV)")
+    s.add_argument("--gop", type=int, default=2, help="keyframe interval in frames")
+    s.add_argument("--dtype", default="float64", choices=["float64", "float32"],
+                   help="state/action dtype (float64: exact)")
+    s.set_defaults(func=cmd_export)
+    s = sub.add_parser("import-lerobot", help="import a LeRobotDataset v3.0 with 7-D end-effector delta actions")
+    s.add_argument("dir", metavar="LEROBOT_DIR")
+    s.add_argument("--out", required=True, help="dataset directory to write (created; appended to if it exists)")
+    s.add_argument("--task", default=None, help="task name for every episode (default: from the dataset, else "
+                                                "a slug of the instruction)")
+    s.add_argument("--assume-ee-delta", action="store_true",
+                   help="accept a 7-D action whose names differ from dx..gripper as an ee delta + gripper")
+    s.set_defaults(func=cmd_import_lerobot)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "validate" and not Path(args.dir).is_dir():  # validate reports it as a problem (exit 1)
-        print(f"irevla dataset {args.command}: error: no dataset directory {args.dir}", file=sys.stderr)
+        what = "LeRobot dataset" if args.command == "import-lerobot" else "dataset"
+        print(f"irevla dataset {args.command}: error: no {what} directory {args.dir}", file=sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)
