@@ -17,6 +17,30 @@ POLICY_STATE_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx", "ee_qy", "ee_qz"
 POLICY_STATE_DIM = len(POLICY_STATE_NAMES)
 
 
+def check_device(spec: str) -> str:
+    """A device setting: auto | cpu | cuda | cuda:N (ValueError otherwise)."""
+    if spec not in ("auto", "cpu", "cuda") and not (spec.startswith("cuda:") and spec[5:].isdigit()):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+    return spec
+
+
+def resolve_device(spec: str) -> str:
+    """The torch device a device setting means here: auto -> cuda when torch sees a GPU, else cpu; an explicit cuda
+    without a GPU is an error (not a silent 15 GB load on CPU)."""
+    import torch
+    check_device(spec)
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r}: torch {torch.__version__} sees no CUDA device (use auto or cpu)")
+    return spec
+
+
+def checkpoint_device(checkpoint: Union[str, Path]) -> str:
+    """The resolved device of a VLA checkpoint (its vla_config.yaml `device`; "cpu" for checkpoints without one)."""
+    return resolve_device(VLAConfig.from_yaml(Path(checkpoint) / "vla_config.yaml").device)
+
+
 @dataclass
 class TinyBlip2Config:
     """A BLIP-2-shaped model small enough for CPU: ViT -> Q-Former -> OPT, all hidden sizes `hidden`."""
@@ -121,10 +145,15 @@ class VLAConfig:
     # What trains in the supervised stages: "lora" (paper: LoRA on the LM + head), "full" (a tiny backbone from
     # scratch), "frozen" (head only: the iRe-VLA-freeze ablation).
     backbone_training: str = "lora"
+    # Where the model runs when loaded from this config or a checkpoint of it (policy server, RL session; `irevla
+    # train` when its train: section sets no device): auto (CUDA when available, else CPU) | cpu | cuda | cuda:N.
+    # The weights' dtype is backbone.dtype. "cpu" by default: the shipped CPU models and their checkpoints.
+    device: str = "cpu"
 
     def __post_init__(self):
         if self.backbone_training not in ("lora", "full", "frozen"):
             raise ValueError(f"backbone_training must be lora, full or frozen, got {self.backbone_training!r}")
+        check_device(self.device)
         if not self.cameras:
             raise ValueError("cameras: at least one camera is needed")
 

@@ -100,7 +100,8 @@ class PolicyServerNode(Node):
         self.declare_parameter("max_invalid_s", d.max_invalid_s)
         self.declare_parameter("image_size", d.image_size)  # [height, width]; [0, 0] accepts any size
         self.declare_parameter("success_topic", ri.TOPIC_SUCCESS)
-        self.declare_parameter("device", "cpu")
+        # "" (default): the checkpoint's vla_config `device` (cpu for checkpoints without one); or auto | cpu | cuda[:N]
+        self.declare_parameter("device", "")
         self.declare_parameter("torch_threads", 1)  # intra-op threads on CPU (the tiny model is fastest on one)
         gp = lambda name: self.get_parameter(name).value  # noqa: E731
 
@@ -119,7 +120,7 @@ class PolicyServerNode(Node):
             import torch
             torch.set_num_threads(int(gp("torch_threads")))
         t0 = time.monotonic()
-        self.core = PolicyServerCore.from_checkpoint(checkpoint, config, device=str(gp("device")))
+        self.core = PolicyServerCore.from_checkpoint(checkpoint, config, device=str(gp("device") or "").strip())
         load_s = time.monotonic() - t0
         self.publish_latents = bool(gp("publish_latents"))
         try:
@@ -161,7 +162,8 @@ class PolicyServerNode(Node):
         self._thread = threading.Thread(target=self._control_loop, name="policy-control", daemon=True)
         self._thread.start()
         self.get_logger().info(
-            f"policy_server up: checkpoint={checkpoint} (loaded in {load_s:.1f} s) vlm_id={self.core.vlm_id} "
+            f"policy_server up: checkpoint={checkpoint} (loaded in {load_s:.1f} s on {self.core.device}) "
+            f"vlm_id={self.core.vlm_id} "
             f"cameras={self.camera_topics} rate={config.control_hz} Hz budget={config.deadline_budget_s * 1e3:.0f} ms")
         self._publish_status()
 

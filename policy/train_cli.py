@@ -33,6 +33,29 @@ def mixture_weights(n_expert: int, n_rl: int, mix: Optional[float], configured: 
     return list(configured)
 
 
+def _section(path: str, name: str) -> dict:
+    import yaml
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f) or {}
+    sec = doc.get(name, {}) if isinstance(doc, dict) and name else doc
+    return sec if isinstance(sec, dict) else {}
+
+
+def model_device(config: str, checkpoint: Optional[str] = None) -> Optional[str]:
+    """The trainer's device when the config's train: section names none: the model's `device` (the checkpoint's
+    vla_config.yaml with --checkpoint, else the config's vla: section), where it sets one; None: TrainConfig's.
+    auto stays auto (cuda:LOCAL_RANK under torchrun, else cpu); a bare cuda means this process's GPU."""
+    if "device" in _section(config, "train"):
+        return None
+    vla = _section(os.path.join(checkpoint, "vla_config.yaml"), "") if checkpoint else _section(config, "vla")
+    dev = vla.get("device")
+    if dev is None:
+        return None
+    from policy.config import check_device
+    check_device(str(dev))
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if dev == "cuda" else str(dev)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="irevla train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML with vla: and train: sections (default "
@@ -78,9 +101,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         cfg = TrainConfig.from_yaml(args.config, "train")
         vla_cfg = VLAConfig.from_yaml(args.config, "vla")
-    except (OSError, ConfigError) as exc:
+        device = model_device(args.config, args.checkpoint)
+    except (OSError, ValueError) as exc:  # ConfigError is a ValueError
         print(f"irevla train: bad config {args.config}: {exc}", file=sys.stderr)
         return 2
+    if device is not None:  # one device setting: the model's, unless the train: section names its own
+        cfg.device = device
     for name in ("steps", "batch_size", "lr", "seed", "save_every", "eval_every", "backbone_training", "device"):
         v = getattr(args, name)
         if v is not None:

@@ -87,7 +87,8 @@ class Session(SessionOutputs):
             enable_compilation_cache()
         if self._vla is None:
             from policy.model import load_vla
-            self._vla = load_vla(self.checkpoint)
+            from policy.config import checkpoint_device
+            self._vla = load_vla(self.checkpoint, device=checkpoint_device(self.checkpoint))
         vla = self.vla = self._vla
         torch.manual_seed(cfg.seed)
         self.encoder = LatentEncoder(vla, torch_threads=cfg.env.torch_threads)
