@@ -100,9 +100,9 @@ def test_fr3_backend_through_robot_node_against_franky_sim(franky_sim, franky_cl
     # Contract actions (10 Hz): full-scale -y. Each action asks for 2 cm from the measured pose; the clipped
     # impedance (1 cm x 2000 N/m) limits the speed (simulated joint friction makes franky-sim slower than an FR3).
     p0 = c.ee_pos()
-    # 1.5 s of actions, longer (up to 5 s) until 3 cm show on a loaded machine where fewer actions get through.
+    # 1.5 s of actions, longer (up to 11.5 s) until 3 cm show on a loaded machine where fewer actions get through.
     stream(lambda: c.send_action([0, -1, 0, 0, 0, 0, -1]), 1.5)
-    stream(lambda: c.send_action([0, -1, 0, 0, 0, 0, -1]), 3.5, until=lambda: c.ee_pos()[1] - p0[1] < -0.03)
+    stream(lambda: c.send_action([0, -1, 0, 0, 0, 0, -1]), 10.0, until=lambda: c.ee_pos()[1] - p0[1] < -0.03)
     time.sleep(0.3)
     d = c.ee_pos() - p0
     print(f"actions of -2 cm in y moved the TCP by {np.round(d, 4)}")

@@ -127,8 +127,10 @@ def test_keyboard_over_a_terminal_prompt_and_every_episode_key(cell, tmp_path):
             term.type("w")
             time.sleep(0.04)
         assert b.robot.backend.read_state().ee_pos[0] > x0 + 0.05  # the twin's arm moved forward
-        steps = rec.recorder.progress().steps_in_progress
         term.type(" ")  # toggle the gripper: close
+        # The close reached the arm (a loaded machine can stall the action stream for a second), then more steps.
+        wait_for(lambda: b.robot.backend.read_state().gripper_width < 0.09, 15.0, message="gripper did not close")
+        steps = rec.recorder.progress().steps_in_progress
         wait_for(lambda: rec.recorder.progress().steps_in_progress >= steps + 5, 15.0)
         term.type("\r")  # success
         wait_for(lambda: progress[-1]["done"] == 1 and progress[-1]["recording"] is None, 20.0,
