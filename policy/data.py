@@ -268,6 +268,19 @@ def random_shift(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.n
     return out
 
 
+def split_by_task(sources: Sequence[PolicyData]) -> tuple[list[PolicyData], list[float]]:
+    """One source per (dataset, task) and weights giving every task the same share of a batch (a task found in
+    several datasets is split between them by their step counts)."""
+    parts = []
+    for s in sources:
+        tasks = sorted({s.ds.episode(k)["task"] for k in range(s.num_episodes)})
+        for t in tasks:
+            parts.append((t, PolicyData(s.root, s.cameras, include_failed=s.include_failed, tasks=[t])))
+    names = sorted({t for t, _ in parts})
+    totals = {t: sum(len(p) for u, p in parts if u == t) for t in names}
+    return [p for _, p in parts], [len(p) / totals[t] / len(names) for t, p in parts]
+
+
 class MixtureBatches:
     """Deterministic batches from several PolicyData sources mixed by weight, split across processes."""
 

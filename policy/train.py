@@ -42,7 +42,7 @@ from torch import nn
 
 from policy.backbone import enable_activation_checkpointing
 from policy.config import VLAConfig, from_dict, load_yaml, to_dict
-from policy.data import Batch, MixtureBatches, NormStats, PolicyData, head_norm_stats
+from policy.data import Batch, MixtureBatches, NormStats, PolicyData, head_norm_stats, split_by_task
 
 LOG = logging.getLogger("policy.train")
 PathLike = Union[str, Path]
@@ -183,7 +183,7 @@ class SFTObjective(nn.Module):
         self.vla = vla
         self.gripper_loss_weight = float(gripper_loss_weight)
         self.object_loss_weight = float(object_loss_weight)
-        self.has_readout = any(n.endswith("object_readout.weight") for n, _ in vla.named_parameters())  # cf. _has_readout
+        self.has_readout = has_object_readout(vla)
 
     def forward(self, pixel_values, ids, mask, state, action, object_xyz=None, action_mask=None):
         head = self.vla.head
@@ -212,21 +212,9 @@ class SFTObjective(nn.Module):
         return loss, arm.detach(), grip.detach(), obj.detach()
 
 
-def split_by_task(sources: Sequence[PolicyData]) -> tuple[list[PolicyData], list[float]]:
-    """One source per (dataset, task) and weights giving every task the same share of a batch (a task found in
-    several datasets is split between them by their step counts)."""
-    parts = []
-    for s in sources:
-        tasks = sorted({s.ds.episode(k)["task"] for k in range(s.num_episodes)})
-        for t in tasks:
-            parts.append((t, PolicyData(s.root, s.cameras, include_failed=s.include_failed, tasks=[t])))
-    names = sorted({t for t, _ in parts})
-    totals = {t: sum(len(p) for u, p in parts if u == t) for t in names}
-    return [p for _, p in parts], [len(p) / totals[t] / len(names) for t, p in parts]
-
-
-def _has_readout(vla, cfg: TrainConfig) -> bool:
-    return cfg.object_loss_weight > 0 and any(n.endswith("object_readout.weight") for n, _ in vla.named_parameters())
+def has_object_readout(vla) -> bool:
+    """A towers backbone built with `object_readout` (also under a peft LoRA wrapper)."""
+    return any(n.endswith("object_readout.weight") for n, _ in vla.named_parameters())
 
 
 def prepare_inputs(vla, batch: Batch, device) -> tuple:
@@ -514,9 +502,10 @@ def _train(cfg, vla_or_ckpt, datasets, out_dir: Path, eval_hook, resume, until_s
             s.use_features(store)
         if cfg.augment_shift_px:
             LOG.warning("augment_shift_px=%d is ignored: training on cached vision features", cfg.augment_shift_px)
+    readout = cfg.object_loss_weight > 0 and has_object_readout(vla)  # counterfactual rows only feed the readout
     batches = MixtureBatches(sources, mix, cfg.batch_size, seed=cfg.seed, rank=info.rank,
                              world_size=info.world_size, augment_shift_px=cfg.augment_shift_px,
-                             counterfactual_rate=cfg.counterfactual_rate if _has_readout(vla, cfg) else 0.0)
+                             counterfactual_rate=cfg.counterfactual_rate if readout else 0.0)
     norm_source = "checkpoint"
     identity = bool(torch.all(vla.head.action_mean == 0) and torch.all(vla.head.action_std == 1))
     if state is None and (cfg.normalization == "data" or (cfg.normalization == "auto" and identity)):

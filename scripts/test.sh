@@ -22,31 +22,18 @@ export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$(( $$ % 100 + 1 ))}"
 export PYTHONDONTWRITEBYTECODE=1
 
 # ---------------------------------------------------------------- MuJoCo offscreen backend
-render_probe() {
-  MUJOCO_GL="$1" timeout 60 "$VPY" - <<'EOF' >/dev/null 2>&1
-import mujoco
-m = mujoco.MjModel.from_xml_string(
-    '<mujoco><worldbody><light pos="0 0 1"/><geom type="sphere" size=".1"/></worldbody></mujoco>')
-d = mujoco.MjData(m)
-r = mujoco.Renderer(m, 16, 16)
-mujoco.mj_forward(m, d)
-r.update_scene(d)
-img = r.render()
-r.close()
-assert img.shape == (16, 16, 3) and img.any()
-EOF
-}
+# The same choice as every rendering irevla command (robot_server/mujoco_gl.py: EGL, else OSMesa, probed in a child).
 if [[ -n "${MUJOCO_GL:-}" ]]; then
   say "MUJOCO_GL=$MUJOCO_GL (from the environment)"
-elif render_probe egl; then
-  export MUJOCO_GL=egl
-  say "MUJOCO_GL=egl"
-elif render_probe osmesa; then
-  export MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa
-  say "WARNING: EGL rendering failed, using MUJOCO_GL=osmesa (slower)"
 else
-  export MUJOCO_GL=egl
-  say "WARNING: neither EGL nor OSMesa rendering works: tests that render will fail (run scripts/setup.sh)"
+  gl="$("$VPY" -c 'from robot_server.mujoco_gl import ensure_mujoco_gl; print(ensure_mujoco_gl() or "")')"
+  if [[ -n "$gl" ]]; then
+    export MUJOCO_GL="$gl" PYOPENGL_PLATFORM="$gl"
+    say "MUJOCO_GL=$gl"
+  else
+    export MUJOCO_GL=egl
+    say "WARNING: neither EGL nor OSMesa rendering works: tests that render will fail (run scripts/setup.sh)"
+  fi
 fi
 
 # ---------------------------------------------------------------- protocol peers

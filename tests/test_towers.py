@@ -256,7 +256,7 @@ def test_counterfactual_rows_and_per_task_balance(offline_env, dataset):
     """Counterfactual rows repeat a labelled sample with the instruction naming another object of the scene and that
     object's position, without an action label; `balance: task` gives every task the same share of a batch."""
     from policy.data import MixtureBatches, PolicyData
-    from policy.train import split_by_task
+    from policy.data import split_by_task
     from teleop.object_labels import read_object_labels
     data = PolicyData(dataset, ["front", "wrist"])
     labels = read_object_labels(dataset)
