@@ -92,7 +92,7 @@ def cmd_label_objects(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from teleop.lerobot_format import export_lerobot
+    from teleop.lerobot_export import export_lerobot
     t0 = time.monotonic()
     s = export_lerobot(args.dir, args.out, fps=args.fps, include_failed=args.include_failed, codec=args.codec,
                        pix_fmt=args.pix_fmt, crf=args.crf, gop=args.gop, dtype=args.dtype)
@@ -103,7 +103,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_import_lerobot(args) -> int:
-    from teleop.lerobot_format import import_lerobot
+    from teleop.lerobot_import import import_lerobot
     t0 = time.monotonic()
     s = import_lerobot(args.dir, args.out, assume_ee_delta=args.assume_ee_delta, task=args.task)
     print(f"{s['episodes']} episodes, {s['frames']} steps, cameras {s['cameras']} imported into {s['out']} "

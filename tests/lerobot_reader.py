@@ -1,6 +1,6 @@
 """An independent reader of LeRobotDataset v3.0 directories, written only against the published layout with
 pyarrow + PyAV (the `lerobot-dataset` package does not install beside the pins: it needs av<16 and
-huggingface-hub<0.36). It deliberately shares no code with teleop/lerobot_format.py: it reads every data file
+huggingface-hub<0.36). It deliberately shares no code with teleop/lerobot_*.py: it reads every data file
 whole and decodes each video file sequentially from its start (no seeking), then slices episodes by the
 from/to timestamps of meta/episodes.
 

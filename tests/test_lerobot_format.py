@@ -1,4 +1,4 @@
-"""LeRobotDataset v3.0 export / import (teleop/lerobot_format.py), checked with an independent reader
+"""LeRobotDataset v3.0 export / import (teleop/lerobot_export.py, lerobot_import.py), checked with an independent reader
 (tests/lerobot_reader.py: pyarrow + PyAV against the published layout) on a small real expert set."""
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def source(tmp_path_factory):
 @pytest.fixture(scope="module", params=["one_file", "split_files"])
 def exported(request, source, tmp_path_factory):
     """The default export (one data file, one video per camera) and one split into a file per episode."""
-    from teleop.lerobot_format import export_lerobot
+    from teleop.lerobot_export import export_lerobot
     src, _ = source
     out = tmp_path_factory.mktemp("export") / request.param
     kw = {} if request.param == "one_file" else {"data_file_size_mb": 1e-6, "video_file_size_mb": 1e-6}
@@ -91,7 +91,7 @@ def test_independent_reader_sees_the_source(source, exported):
 
 def test_round_trip_import(source, exported, tmp_path):
     from teleop.dataset import read_episode, selected_entries, validate_dataset
-    from teleop.lerobot_format import import_lerobot
+    from teleop.lerobot_import import import_lerobot
     src_dir, episodes = source
     out, _ = exported
     dest = tmp_path / "imported"
@@ -125,7 +125,8 @@ def _copy(out, tmp_path):
 
 def test_bad_inputs_are_one_line_errors(source, tmp_path, capsys):
     from teleop.dataset_cli import main
-    from teleop.lerobot_format import export_lerobot, import_lerobot
+    from teleop.lerobot_export import export_lerobot
+    from teleop.lerobot_import import import_lerobot
     out = tmp_path / "lr"
     export_lerobot(source[0], out)
     # missing directory
