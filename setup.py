@@ -65,6 +65,7 @@ setup(
             'rl-session = rl_agent.session_cli:main',
             'iterate = rl_agent.iterate:main',
             'dataset = teleop.dataset_cli:main',
+            'join = robot_server.join_cli:main',
         ],
     },
 )

@@ -62,7 +62,8 @@ def command_by_language(ckpt: str, cfg: CommandDemoConfig, log_dir: Path) -> int
     try:
         _say(f'ROS 2: irevla command "{cfg.instruction}"')
         rc = subprocess.call(irevla + ["command", cfg.instruction, "--timeout", str(cfg.timeout_s),
-                                       "--task", cfg.task, "--server-timeout", "60"])
+                                       "--task", cfg.task, "--server-timeout", "60"],
+                             env={**os.environ, "IREVLA_JOIN": str(graph.pid)})  # this graph, not a user's own
         _say(f"command finished with exit code {rc} ({'success' if rc == 0 else 'not a success'})")
         return rc
     finally:

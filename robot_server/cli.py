@@ -28,7 +28,10 @@ COMMANDS: dict[str, tuple[str, bool]] = {
     "rl-session": ("one online RL session on one task (stage 1, VLM frozen), resumable", True),
     "iterate": ("Algorithm 1 of iRe-VLA: stage 0, then RL + stage 2 per curriculum task, resumable", True),
     "dataset": ("inspect recorded datasets: validate, stats, view, reindex, cache, label-objects", False),
+    "join": ("run a command inside a running graph's network namespace and ROS domain (second terminal)", False),
 }
+# Commands that talk to a running graph: they join the one `irevla launch` started (robot_server/isolation.py).
+JOINS_RUNNING_GRAPH = {"command"}
 
 # Errors that mean "the input was wrong", by module:class; a class counts only once its module is loaded (it raised,
 # so it is), which keeps this module free of heavy imports (sim_twin.tasks.registry imports mujoco).
@@ -84,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     if COMMANDS.get(name, ("", False))[1] and not {"-h", "--help"} & set(rest):  # help renders nothing
         from robot_server.mujoco_gl import ensure_mujoco_gl
         ensure_mujoco_gl()
+    if name in JOINS_RUNNING_GRAPH and not {"-h", "--help"} & set(rest):
+        from robot_server.isolation import JoinError, join_for_command
+        try:  # may re-execute this command inside the graph's namespace
+            join_for_command(name, [sys.executable, "-m", "robot_server.cli", *argv])
+        except JoinError as e:
+            print(f"irevla {name}: error: {e}", file=sys.stderr)
+            return 2
     return run_command(name, lambda: cmds[name].load()(rest))
 
 

@@ -33,9 +33,9 @@ class TwinEnv(gym.Env):
     def __init__(self, task: Optional[str] = None, cameras: tuple[str, ...] = ("front", "wrist"),
                  image_size: int = 224, render_images: bool = True, task_files: tuple[str, ...] = (),
                  safety_config: Optional[SafetyConfig] = None, server_rate_hz: float = 20.0,
-                 render_detail: str = "fast", render_mode: Optional[str] = "rgb_array"):
+                 render_detail: str = "fast", render_mode: Optional[str] = "rgb_array", clutter: int = 0):
         self.twin = Twin(TwinConfig(render_width=image_size, render_height=image_size, cameras=tuple(cameras),
-                                    task_files=tuple(task_files), render_detail=render_detail))
+                                    task_files=tuple(task_files), render_detail=render_detail, clutter=clutter))
         self.task_name = task or next(iter(self.twin.registry.tasks))
         self.backend = SimTwinBackend(twin=self.twin, task=self.task_name, seed=0, realtime=False)
         self.core = RobotServerCore(self.backend, safety_config=safety_config, task=self.task_name)

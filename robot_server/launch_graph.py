@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -201,9 +202,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         graphs[args.graph].resolve(overrides)  # an unknown argument fails here, before any process starts
     except ValueError as exc:
         raise UsageError(f"{exc} (`irevla launch {args.graph} --help` lists them)") from None
-    from robot_server.isolation import ensure_local_ros
+    from robot_server.isolation import announce_graph, ensure_local_ros, join_hint
     ensure_local_ros()
-    return run_graph(graphs[args.graph], overrides)
+    record = announce_graph(args.graph)  # how a second terminal finds this graph (irevla command, irevla join)
+    print(f"[launch] {join_hint(json.loads(record.read_text()))}", flush=True)
+    try:
+        return run_graph(graphs[args.graph], overrides)
+    finally:
+        record.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

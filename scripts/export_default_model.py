@@ -1,7 +1,7 @@
 """Export a trained checkpoint as the embedded default model: no trainer state, and metadata that records the
 recipe (commands, seeds, data counts, tower versions) rather than this machine's paths.
 
-    python scripts/export_default_model.py SRC DST --recipe CMD [CMD ...] --data EXPERT_DIR
+    python scripts/export_default_model.py SRC DST --recipe CMD [CMD ...] --data EXPERT_DIR [CLUTTER_DIR]
 """
 from __future__ import annotations
 
@@ -21,11 +21,18 @@ def main(argv=None) -> int:
     ap.add_argument("src")
     ap.add_argument("dst")
     ap.add_argument("--recipe", nargs="+", required=True, help="the commands that produced it, in order")
-    ap.add_argument("--data", required=True, help="the expert set it was trained on (counted, not named)")
+    ap.add_argument("--data", nargs="+", required=True,
+                    help="the expert set it was trained on, then any clutter set (counted, not named)")
     args = ap.parse_args(argv)
     from teleop.dataset import selected_entries
     src, dst = Path(args.src), Path(args.dst)
-    entries = selected_entries(args.data)
+    entries = selected_entries(args.data[0])
+    sets = {}
+    for d in args.data[1:]:
+        extra = selected_entries(d)
+        sets[Path(d).name] = {"episodes": len(extra), "steps": int(sum(e.get("n_steps", 0) for e in extra)),
+                              "clutter_per_scene": max(((e.get("extra") or {}).get("clutter") or 0) for e in extra),
+                              "seeds": "collection seed 2000000 + 100000 * task index + attempt"}
     meta = json.loads((src / "meta.json").read_text())
     towers = src / "backbone" / "towers.json"
     meta["recipe"] = {
@@ -34,6 +41,7 @@ def main(argv=None) -> int:
         "expert_set": {"episodes": len(entries), "steps": int(sum(e.get("n_steps", 0) for e in entries)),
                        "per_task": dict(sorted(Counter(e["task"] for e in entries).items())),
                        "seeds": "collection seed 0 + 100000 * task index + attempt"},
+        "other_sets": sets,
         "train_seed": meta.get("train_config", {}).get("seed"),
         "towers": json.loads(towers.read_text()) if towers.is_file() else None,
     }

@@ -17,6 +17,7 @@ OBJECT_PREFIX = "obj/"
 
 # Cell layout in the robot base frame (metres). The table top is z = 0.
 OBJECT_REGION = ((0.38, -0.14), (0.58, 0.14))  # where pickable objects are spawned (x, y low / high)
+CLUTTER_REGION = ((0.34, -0.17), (0.60, 0.17))  # training-only clutter: a little wider, still clear of the fixtures
 
 
 @dataclass(frozen=True)

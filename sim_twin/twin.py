@@ -30,6 +30,9 @@ class TwinConfig:
     # "full" draws the detailed visual meshes.
     render_detail: str = "fast"
     task_files: tuple[str, ...] = ()
+    # Training-only clutter objects (the registry's `clutter` pool) drawn into each scene that has objects; 0 in
+    # every evaluation. The draw comes from the episode seed, so object labels can replay it.
+    clutter: int = 0
     controller: ControllerConfig = field(default_factory=ControllerConfig)
 
 
@@ -72,7 +75,12 @@ class Twin:
 
     # ---------------------------------------------------------------- model management
     def _scene_key(self, task: TaskSpec | None) -> str:
-        return "__empty__" if task is None else task.name
+        return "__empty__" if task is None else task.name + ("+clutter" if self._clutter_pool(task) else "")
+
+    def _clutter_pool(self, task: TaskSpec | None) -> tuple[str, ...]:
+        if task is None or self.config.clutter <= 0 or not (task.objects or task.distractors):
+            return ()
+        return tuple(o for o in self.registry.clutter if o not in task.objects + task.distractors)
 
     def _load(self, task: TaskSpec | None) -> None:
         key = self._scene_key(task)
@@ -82,7 +90,8 @@ class Twin:
             objects = []
             if task is not None:
                 fixtures += [f for f in SKILLS[task.skill].fixtures if f not in fixtures]
-                objects = [self.registry.objects[n] for n in dict.fromkeys(task.objects + task.distractors)]
+                names = dict.fromkeys(task.objects + task.distractors + self._clutter_pool(task))
+                objects = [self.registry.objects[n] for n in names]
             scene = SceneSpec(objects=objects, fixtures=[FIXTURES[f] for f in fixtures],
                               render_width=self.config.render_width, render_height=self.config.render_height,
                               physics_dt=self.config.physics_dt)
@@ -111,6 +120,7 @@ class Twin:
         elif self.task is None:
             self._load(None)
         self.episode_seed = seed
+        self.clutter_objects: tuple[str, ...] = ()
         rng = np.random.default_rng(seed)
         mujoco.mj_resetData(self.model, self.data)
         self.data.qpos[self._arm_qadr] = self._home_joint_config()
@@ -118,6 +128,7 @@ class Twin:
         mujoco.mj_forward(self.model, self.data)
         if self.task is not None:
             SKILLS[self.task.skill].randomize(self, self.task, rng)
+            self._place_clutter(seed)
             # Fixture poses may have changed in the model: no warm start from the previous episode's solution,
             # so a seed gives the same episode whatever ran before.
             self.data.qacc_warmstart[:] = 0.0
@@ -127,6 +138,21 @@ class Twin:
         self.set_target(self.home_pos, self.home_quat, 0.0)
         self.advance(0.1)  # let contacts settle
         return self.state()
+
+    def _place_clutter(self, seed: int | None) -> None:
+        """Draw `config.clutter` pool objects onto free table spots (own stream: the task's scene is unchanged) and
+        park the rest far out of every camera's view."""
+        from sim_twin.tasks.skill import place_clutter
+        pool = self._clutter_pool(self.task)
+        if not pool:
+            return
+        mujoco.mj_forward(self.model, self.data)  # object_pos reads the task objects' new poses
+        rng = np.random.default_rng(None if seed is None else [seed, 0xC1077E])
+        chosen = [pool[i] for i in rng.permutation(len(pool))[:self.config.clutter]]
+        placed = place_clutter(self, chosen, list(self.task.objects + self.task.distractors), rng)
+        self.clutter_objects = tuple(placed)
+        for i, name in enumerate(o for o in pool if o not in placed):
+            self.set_object_pose(name, np.array([-4.0, -1.5 + 0.15 * i, -0.75 + self.registry.objects[name].rest_height]))
 
     def _home_joint_config(self) -> np.ndarray:
         """Joint configuration with the TCP at the home pose, found once by running the controller."""

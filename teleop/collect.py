@@ -32,13 +32,14 @@ def _state(twin) -> dict:
             "gripper_width": float(s.gripper_width)}
 
 
-def run_episode(task: str, seed: int, cameras: tuple[str, ...], size: int, noise: float, keep_failures: bool):
+def run_episode(task: str, seed: int, cameras: tuple[str, ...], size: int, noise: float, keep_failures: bool,
+                clutter: int = 0):
     """One expert episode in this (worker) process. Steps are returned only if they will be recorded."""
     from robot_server.gym_env import TwinEnv
-    key = (task, cameras, size)
+    key = (task, cameras, size, clutter)
     env = _ENVS.get(key)
     if env is None:
-        env = _ENVS[key] = TwinEnv(task=task, cameras=cameras, image_size=size)
+        env = _ENVS[key] = TwinEnv(task=task, cameras=cameras, image_size=size, clutter=clutter)
     t0 = time.perf_counter()
     obs, info = env.reset(seed=seed)
     instruction, category = info["instruction"], info.get("category", "")
@@ -50,6 +51,7 @@ def run_episode(task: str, seed: int, cameras: tuple[str, ...], size: int, noise
         obs, _, success, truncated, info = env.step(action)
         done = bool(success or truncated)
     return {"task": task, "seed": seed, "instruction": instruction, "task_category": category,
+            "clutter": list(env.twin.clutter_objects),
             "success": bool(success), "n_steps": len(steps), "sim_s": time.perf_counter() - t0,
             "steps": steps if (success or keep_failures) else None}
 
@@ -89,11 +91,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--cameras", nargs="+", default=["front", "wrist"])
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--noise", type=float, default=0.0, help="expert action noise (default 0)")
+    ap.add_argument("--clutter", type=int, default=0,
+                    help="training-only clutter objects drawn into each scene (the registry's clutter pool; default 0)")
     ap.add_argument("--operator", default="scripted_expert")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = ap.parse_args(argv)
     if args.episodes_per_task < 1 or args.workers < 1:
         ap.error("--episodes-per-task and --workers must be >= 1")
+    if args.clutter < 0:
+        ap.error("--clutter must be >= 0")
     from sim_twin import seeds
     n_tasks = len(args.tasks or all_tasks())
     try:  # every seed this run may use must lie in the collection block (sim_twin/seeds.py)
@@ -125,6 +131,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"irevla collect: cannot open {args.out}: {e}", file=sys.stderr)
         return 2
 
+    other = {int((e.get("extra") or {}).get("clutter") or 0) for e in rec.episodes if e.get("category") == CATEGORY}
+    if other - {args.clutter}:
+        print(f"irevla collect: {args.out} holds episodes collected with --clutter {sorted(other)}; a set has one "
+              f"clutter setting (use another --out)", file=sys.stderr)
+        rec.close()
+        return 2
     wanted = {t: args.episodes_per_task for t in tasks}
     got, attempts = resume_counts(rec.episodes, tasks, args.seed)
     if any(got.values()):
@@ -162,7 +174,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     if job is None:
                         return
                     pending.add(pool.submit(run_episode, job[0], job[1], cameras, args.image_size, args.noise,
-                                            args.keep_failures))
+                                            args.keep_failures, args.clutter))
 
             fill()
             while pending:
@@ -179,7 +191,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     if r["steps"] is not None:
                         rec.start(task=t, category=CATEGORY, instruction=r["instruction"], operator=args.operator,
                                   extra={"seed": r["seed"], "task_category": r["task_category"],
-                                         "expert_noise": args.noise})
+                                         "expert_noise": args.noise, "clutter": args.clutter,
+                                         "clutter_objects": r["clutter"]})
                         t0_ns = time.time_ns()
                         for i, (images, state, action) in enumerate(r["steps"]):
                             rec.add_step(images, state, action, t0_ns + i * 100_000_000)

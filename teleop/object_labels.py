@@ -13,7 +13,8 @@ with T the first step whose action closes the gripper: before it the object has 
 its position at every step before T (what training uses); after it the object moves with the hand and no label is
 given. `others` are the scene's other objects with the episode's instruction re-worded to name them ("grasp the red
 block" -> "grasp the green cube"): counterfactual rows for the readout alone (no action label), so that the latents
-must follow the named object, not the scene's composition (each expert scene has one target). Episodes without an object (button, drawer, cable), without a seed, or not recorded on the twin get no line:
+must follow the named object, not the scene's composition (each expert scene has one target). Scenes collected
+with training-only clutter (`irevla collect --clutter K`) replay it from the same seed, and its objects join `others`. Episodes without an object (button, drawer, cable), without a seed, or not recorded on the twin get no line:
 the auxiliary loss is masked there. A real cell's teleop episodes have no such labels.
 """
 from __future__ import annotations
@@ -77,11 +78,11 @@ def reword(instruction: str, nouns: tuple, other_nouns: tuple, pick: int) -> Opt
 
 
 def _label_one(job: tuple) -> Optional[dict]:
-    name, task, seed, until, instruction = job
-    from sim_twin.twin import Twin
-    twin = _TWIN.get("twin")
+    name, task, seed, until, instruction, clutter = job
+    from sim_twin.twin import Twin, TwinConfig
+    twin = _TWIN.get(clutter)
     if twin is None:
-        twin = _TWIN["twin"] = Twin()
+        twin = _TWIN[clutter] = Twin(TwinConfig(clutter=clutter))
     twin.reset(task, seed=seed)
     objects = tuple(twin.task.objects)
     if not objects:
@@ -92,7 +93,7 @@ def _label_one(job: tuple) -> Optional[dict]:
         return [round(float(v), 5) for v in twin.object_pos(o)]
 
     others = []
-    for j, o in enumerate(tuple(twin.task.distractors)):
+    for j, o in enumerate(tuple(twin.task.distractors) + twin.clutter_objects):
         text = reword(instruction, objs[objects[0]].nouns, objs[o].nouns, seed + j)
         if text:
             others.append({"object": o, "xyz": pos(o), "instruction": text})
@@ -121,7 +122,8 @@ def label_dataset(root: PathLike, workers: int = 1, progress: bool = True) -> di
         except EpisodeReadError:
             skipped += 1
             continue
-        jobs.append((e["name"], e["task"], seed, first_close_step(actions), e.get("instruction", "")))
+        clutter = int((e.get("extra") or {}).get("clutter") or 0)  # the scene's training-only clutter, replayed
+        jobs.append((e["name"], e["task"], seed, first_close_step(actions), e.get("instruction", ""), clutter))
     rows = []
     if jobs:
         from tqdm import tqdm

@@ -19,6 +19,10 @@ from pathlib import Path
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('ROS_DOMAIN_ID', str(os.getpid() % 100 + 1))
 os.environ.setdefault('MUJOCO_GL', 'egl')
+# Graph records (robot_server/isolation.py) of this session only: a user's running graph is never joined by a test.
+if not os.environ.get('IREVLA_RUN_DIR'):
+    import tempfile
+    os.environ['IREVLA_RUN_DIR'] = tempfile.mkdtemp(prefix='irevla_graphs_')
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:

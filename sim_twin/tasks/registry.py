@@ -46,12 +46,16 @@ class TaskSpec:
 class TaskRegistry:
     objects: dict[str, ObjectSpec]
     tasks: dict[str, TaskSpec]
+    # Training-only clutter: objects no task names, drawn into expert scenes when TwinConfig.clutter > 0, so the
+    # expert set shows many more objects (and their nouns) than its targets.
+    clutter: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, extra_files: Iterable[str] = (), include_default: bool = True) -> "TaskRegistry":
         files = ([DEFAULT_TASK_FILE] if include_default else []) + list(extra_files)
         objects: dict[str, ObjectSpec] = {}
         tasks: dict[str, TaskSpec] = {}
+        clutter: list[str] = []
         for path in files:
             try:
                 with open(path) as f:
@@ -64,7 +68,9 @@ class TaskRegistry:
                 objects[name] = _parse_object(path, name, o)
             for name, t in (doc.get("tasks") or {}).items():
                 tasks[name] = _parse_task(path, name, t)
-        reg = cls(objects, tasks)
+            if doc.get("clutter") is not None:
+                clutter = [str(n) for n in doc["clutter"]]
+        reg = cls(objects, tasks, tuple(clutter))
         reg.validate()
         return reg
 
@@ -77,6 +83,13 @@ class TaskRegistry:
                 if o not in self.objects:
                     raise RegistryError(f"task {t.name!r}: unknown object {o!r}")
             SKILLS[t.skill].check_task(t)
+        for o in self.clutter:
+            if o not in self.objects:
+                raise RegistryError(f"clutter: unknown object {o!r}")
+        # Clutter is training-only: an object some task uses (e.g. a user's new task) leaves the pool, so no task's
+        # object can leak into training scenes as clutter.
+        named = {o for t in self.tasks.values() for o in t.objects + t.distractors}
+        self.clutter = tuple(o for o in self.clutter if o not in named)
 
     def by_category(self, category: str) -> list[TaskSpec]:
         return [t for t in self.tasks.values() if t.category == category]

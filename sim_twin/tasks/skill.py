@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sim_twin.scene import OBJECT_REGION
+from sim_twin.scene import CLUTTER_REGION, OBJECT_REGION
 
 if TYPE_CHECKING:
     from sim_twin.tasks.registry import TaskSpec
@@ -53,6 +53,28 @@ def place_objects_apart(twin: "Twin", names: list[str], rng: np.random.Generator
         placed.append((xy, r))
         yaw = rng.uniform(-yaw_range, yaw_range)
         twin.set_object_pose(name, np.array([xy[0], xy[1], obj.rest_height + 0.002]), yaw)
+
+
+def place_clutter(twin: "Twin", names: list[str], avoid: list[str], rng: np.random.Generator,
+                  region=CLUTTER_REGION, min_gap: float = 0.025, target_gap: float = 0.04) -> list[str]:
+    """Put clutter objects on free spots of `region`, away from the already placed `avoid` objects (further from the
+    task's target, avoid[0], so the expert's fingers never land on clutter). Returns the names placed; an object
+    with no free spot after 100 draws is left out."""
+    (x0, y0), (x1, y1) = region
+    taken = [(twin.object_pos(n)[:2], twin.registry.objects[n].footprint_radius, min_gap + (target_gap if i == 0 else 0))
+             for i, n in enumerate(avoid)]
+    placed = []
+    for name in names:
+        obj = twin.registry.objects[name]
+        r = obj.footprint_radius
+        for _ in range(100):
+            xy = rng.uniform([x0, y0], [x1, y1])
+            if all(np.linalg.norm(xy - p) > r + pr + gap for p, pr, gap in taken):
+                taken.append((xy, r, min_gap))
+                placed.append(name)
+                twin.set_object_pose(name, np.array([xy[0], xy[1], obj.rest_height + 0.002]), rng.uniform(-np.pi, np.pi))
+                break
+    return placed
 
 
 class Waypoint:
