@@ -344,15 +344,19 @@ def build_vla(cfg: VLAConfig, seed: int = 0, cache_root: Optional[PathLike] = No
 
 
 def load_vla(directory: PathLike, trainable: bool = False, backbone_training: Optional[str] = None,
-             device: Union[str, torch.device] = "cpu") -> VLA:
+             device: Union[str, torch.device] = "cpu", dtype: Optional[str] = None) -> VLA:
     """Load a checkpoint written by VLA.save. `backbone_training` overrides the saved mode (e.g. a stage-0 "full"
-    tiny checkpoint continues in stage 2 as "lora")."""
+    tiny checkpoint continues in stage 2 as "lora"); `dtype` the backbone's saved dtype (e.g. bfloat16 on a GPU)."""
     from safetensors.torch import load_file
     directory = Path(directory)
     if not (directory / "vla_config.yaml").is_file():
         raise FileNotFoundError(f"{directory}: not a VLA checkpoint (no vla_config.yaml)")
     cfg = VLAConfig.from_yaml(directory / "vla_config.yaml")
     saved_mode = cfg.backbone_training
+    if dtype:
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+        cfg.backbone.dtype = dtype
     if backbone_training is not None:
         cfg.backbone_training = backbone_training
     bdir = directory / "backbone" if (directory / "backbone" / "config.json").is_file() else cfg.backbone.pretrained_dir

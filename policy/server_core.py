@@ -208,13 +208,14 @@ class PolicyServerCore:
 
     @classmethod
     def from_checkpoint(cls, path: PathLike, config: Optional[PolicyServerConfig] = None,
-                        device: Union[str, torch.device, None] = None, **kw) -> "PolicyServerCore":
+                        device: Union[str, torch.device, None] = None, dtype: Optional[str] = None,
+                        **kw) -> "PolicyServerCore":
         """device None or "": the checkpoint's own setting (vla_config.yaml `device`, resolved: auto -> cuda when
-        available; checkpoints without one run on cpu). Its dtype is always the checkpoint's backbone.dtype."""
+        available; checkpoints without one run on cpu). dtype None or "": the checkpoint's backbone.dtype."""
         from policy.config import checkpoint_device, resolve_device
         ckpt = _checkpoint_dir(path)
         device = checkpoint_device(ckpt) if device in (None, "") else resolve_device(str(device))
-        return cls(load_vla(ckpt, device=device), config, device=device, **kw)
+        return cls(load_vla(ckpt, device=device, dtype=dtype or None), config, device=device, **kw)
 
     def load_checkpoint(self, path: PathLike) -> str:
         """Swap in a whole new VLA (stage 2 changed the VLM): new vlm_id, latent cache cleared. Returns the vlm_id.

@@ -102,6 +102,7 @@ class PolicyServerNode(Node):
         self.declare_parameter("success_topic", ri.TOPIC_SUCCESS)
         # "" (default): the checkpoint's vla_config `device` (cpu for checkpoints without one); or auto | cpu | cuda[:N]
         self.declare_parameter("device", "")
+        self.declare_parameter("dtype", "")  # "" the checkpoint's backbone dtype; float32 | float16 | bfloat16
         self.declare_parameter("torch_threads", 1)  # intra-op threads on CPU (the tiny model is fastest on one)
         gp = lambda name: self.get_parameter(name).value  # noqa: E731
 
@@ -120,7 +121,8 @@ class PolicyServerNode(Node):
             import torch
             torch.set_num_threads(int(gp("torch_threads")))
         t0 = time.monotonic()
-        self.core = PolicyServerCore.from_checkpoint(checkpoint, config, device=str(gp("device") or "").strip())
+        self.core = PolicyServerCore.from_checkpoint(checkpoint, config, device=str(gp("device") or "").strip(),
+                                                 dtype=str(gp("dtype") or "").strip())
         load_s = time.monotonic() - t0
         self.publish_latents = bool(gp("publish_latents"))
         try:

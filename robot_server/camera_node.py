@@ -16,13 +16,27 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.context import Context
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 
 from robot_server import ros_interface as ri
 from robot_server.cameras.base import CameraSource, Frame
 from robot_server.robot_node import stamp_msg
 
 LOG = logging.getLogger("robot_server.camera_node")
+
+
+def camera_info_msg(intr, header) -> CameraInfo:
+    """sensor_msgs/CameraInfo of an undistorted pinhole (robot_server.cell_frames.Intrinsics), same header as the
+    image it describes."""
+    msg = CameraInfo()
+    msg.header = header
+    msg.width, msg.height = int(intr.width), int(intr.height)
+    msg.distortion_model = "plumb_bob"
+    msg.d = [0.0] * 5
+    msg.k = [intr.fx, 0.0, intr.cx, 0.0, intr.fy, intr.cy, 0.0, 0.0, 1.0]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = [intr.fx, 0.0, intr.cx, 0.0, 0.0, intr.fy, intr.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return msg
 
 
 def frame_to_msg(frame: Frame) -> Image:
@@ -56,19 +70,24 @@ class CameraNode(Node):
             description="YAML of the source, e.g. config/backends/realsense.yaml", read_only=True)).value
         rate = float(self.declare_parameter("rate", 10.0, ParameterDescriptor(
             description="frames per second per camera, (0, 120] Hz", read_only=True)).value)
+        only = [str(c) for c in self.declare_parameter("cameras", [""], ParameterDescriptor(
+            description="only these cameras of the config (one node per RealSense serial); empty: all",
+            read_only=True)).value if str(c)]
         try:
             if not (0.0 < rate <= 120.0):
                 raise ValueError(f"rate must be in (0, 120] Hz, got {rate}")
             if source is None:
                 from robot_server.cameras import make_camera_source
                 from robot_server.config import resolve_config
-                source = make_camera_source(kind, str(resolve_config(config)) if config else None)
+                source = make_camera_source(kind, str(resolve_config(config)) if config else None, names=only)
         except Exception:
             super().destroy_node()  # nothing else was created yet
             raise
         self.period = 1.0 / rate
         self.source = source
         self.pubs = {name: self.create_publisher(Image, ri.camera_topic(name), ri.IMAGE_QOS) for name in source.names}
+        self.info_pubs = {name: self.create_publisher(CameraInfo, ri.camera_info_topic(name), ri.IMAGE_QOS)
+                          for name in source.names}
         self.frames_published = 0
         self.capture_errors = 0
         self._stop = threading.Event()
@@ -100,7 +119,11 @@ class CameraNode(Node):
             while not self._stop.is_set() and self.context.ok():
                 for name, pub in self.pubs.items():
                     try:
-                        pub.publish(frame_to_msg(self.source.read(name)))
+                        msg = frame_to_msg(self.source.read(name))
+                        pub.publish(msg)
+                        intr = self.source.intrinsics(name)
+                        if intr is not None:
+                            self.info_pubs[name].publish(camera_info_msg(intr, msg.header))
                         self.frames_published += 1
                     except Exception as e:  # noqa: BLE001 - one bad frame must not end the stream
                         self.capture_errors += 1

@@ -30,6 +30,7 @@ class NodeSpec:
     executable: str
     name: Optional[str]  # None: keep the node names the executable gives (processes with several nodes)
     parameters: dict[str, Any] = field(default_factory=dict)
+    when: dict[str, str] = field(default_factory=dict)  # started only when every named argument has this value
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class Graph:
     arguments: dict[str, str]  # name -> default
     nodes: tuple[NodeSpec, ...]
     argument_help: dict[str, str] = field(default_factory=dict)  # name -> description
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> the values it may take
+    refuse: tuple[tuple[dict, str], ...] = ()  # (argument values, why): combinations that cannot work
 
     def help_epilog(self) -> str:
         """The graph's launch arguments, one per line with its default and description (`irevla launch G --help`)."""
@@ -55,23 +58,47 @@ class Graph:
         if unknown:
             raise ValueError(f"graph {self.name!r} has no argument(s) {sorted(unknown)}; it takes "
                              f"{sorted(self.arguments)}")
-        args = {**self.arguments, **overrides}
+        args = self.values(overrides)
         out = []
         for n in self.nodes:
+            if any(str(args[k]) != str(v) for k, v in n.when.items()):
+                continue
             params = {k: _subst(v, args) for k, v in n.parameters.items()}
             out.append(NodeSpec(n.executable, n.name, params))
         return out
+
+    def values(self, overrides: Optional[dict[str, str]] = None) -> dict[str, str]:
+        """Every argument's value: the override, else the default; a `choices` argument must take one of them."""
+        args = {**self.arguments, **dict(overrides or {})}
+        for k, allowed in self.choices.items():
+            if args[k] not in allowed:
+                raise ValueError(f"graph {self.name!r}: {k} must be one of {allowed}, got {args[k]!r}")
+        for when, why in self.refuse:
+            if all(str(args.get(k)) == str(v) for k, v in when.items()):
+                raise ValueError(f"graph {self.name!r}: {why}")
+        return args
+
+    def host_network(self, overrides: Optional[dict[str, str]] = None) -> bool:
+        """A real cell: the arm and cameras are on the lab's network, so no private namespace."""
+        return self.values(overrides).get("cell") == "real"
 
 
 def _subst(value: Any, args: dict[str, str]) -> Any:
     if isinstance(value, str) and value.startswith("$(arg ") and value.endswith(")"):
         return _typed(args[value[6:-1].strip()])
+    if isinstance(value, list):  # e.g. image_size: [$(arg image_size), $(arg image_size)]
+        return [_subst(v, args) for v in value]
     return value
 
 
 def _typed(text: str) -> Any:
-    """Parameter text as ROS would type it from the command line (int, float, bool, else string)."""
-    loaded = yaml.safe_load(text) if isinstance(text, str) else text
+    """Parameter text as ROS would type it from the command line (int, float, bool, a list of them, else string)."""
+    try:
+        loaded = yaml.safe_load(text) if isinstance(text, str) else text
+    except yaml.YAMLError:
+        return text
+    if isinstance(loaded, list) and loaded and all(isinstance(v, (int, float, bool, str)) for v in loaded):
+        return loaded
     return loaded if isinstance(loaded, (int, float, bool, str)) else text
 
 
@@ -95,11 +122,15 @@ def load_graphs(path: Optional[Path] = None) -> dict[str, Graph]:
     doc = yaml.safe_load(Path(path or graphs_file()).read_text()) or {}
     graphs = {}
     for name, g in doc.items():
-        nodes = tuple(NodeSpec(n["executable"], n.get("name"), dict(n.get("parameters") or {}))
-                      for n in g["nodes"])
+        if name.startswith("_"):  # YAML anchors shared by the graphs (_templates), not a graph
+            continue
+        nodes = tuple(NodeSpec(n["executable"], n.get("name"), dict(n.get("parameters") or {}),
+                               {k: str(v) for k, v in (n.get("when") or {}).items()}) for n in g["nodes"])
         args = {k: _argument(v) for k, v in (g.get("arguments") or {}).items()}
+        choices = {k: tuple(str(c) for c in v) for k, v in (g.get("choices") or {}).items()}
+        refuse = tuple(({k: str(v) for k, v in r["when"].items()}, str(r["why"])) for r in g.get("refuse") or [])
         graphs[name] = Graph(name, g.get("description", ""), {k: d for k, (d, _) in args.items()}, nodes,
-                             {k: h for k, (_, h) in args.items()})
+                             {k: h for k, (_, h) in args.items()}, choices, refuse)
     return graphs
 
 
@@ -126,9 +157,19 @@ def ros2_launch_description(graph_name: str):
         for k, v in n.parameters.items():
             if isinstance(v, str) and v.startswith("$(arg "):
                 params[k] = LaunchConfiguration(v[6:-1].strip())
+            elif isinstance(v, list):
+                params[k] = [LaunchConfiguration(x[6:-1].strip()) if isinstance(x, str) and x.startswith("$(arg ")
+                             else x for x in v]
             else:
                 params[k] = v
         extra = {"name": n.name} if n.name else {}
+        if n.when:  # every condition must hold: one Python expression over the launch arguments
+            from launch.conditions import IfCondition
+            from launch.substitutions import PythonExpression
+            expr = []
+            for i, (k, v) in enumerate(n.when.items()):
+                expr += ([" and "] if i else []) + ["'", LaunchConfiguration(k), f"' == '{v}'"]
+            extra["condition"] = IfCondition(PythonExpression(expr))
         actions.append(Node(package=PACKAGE, executable=n.executable, parameters=[params], output="screen", **extra))
     return LaunchDescription(actions)
 
@@ -203,7 +244,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ValueError as exc:
         raise UsageError(f"{exc} (`irevla launch {args.graph} --help` lists them)") from None
     from robot_server.isolation import announce_graph, ensure_local_ros, join_hint
-    ensure_local_ros()
+    if graphs[args.graph].host_network(overrides):
+        log_host = os.environ.get("ROS_DOMAIN_ID", "0")
+        print(f"[launch] real cell: host network, the lab's ROS_DOMAIN_ID={log_host} and discovery settings",
+              flush=True)
+    else:
+        ensure_local_ros()
     record = announce_graph(args.graph)  # how a second terminal finds this graph (irevla command, irevla join)
     print(f"[launch] {join_hint(json.loads(record.read_text()))}", flush=True)
     try:

@@ -62,8 +62,13 @@ class RobotNode(Node):
         self.declare_parameter("base_frame", ri.BASE_FRAME)
         self.declare_parameter("status_rate", 10.0)
         self.declare_parameter("scene_rate", 10.0)
+        # Camera extrinsics for TF (robot_server/cell_frames.py): a calibration YAML, or "" for the backend's own
+        # (the twin's model); a real cell without one publishes the TCP frame alone.
+        self.declare_parameter("calibration", "")
         p = {n: self.get_parameter(n).value for n in ("backend", "task", "seed", "rate", "safety_config",
                                                        "base_frame")}
+        from robot_server.backends import backend_name, default_backend_config
+        p["backend"] = backend_name(p["backend"])  # fr3 / panda as the launch graphs name them
         rate = float(p["rate"])
         if not (0.0 < rate <= 1000.0):
             raise ValueError(f"rate must be in (0, 1000] Hz, got {rate}")
@@ -71,6 +76,8 @@ class RobotNode(Node):
         backend_config = self.get_parameter("backend_config").value
         if backend_config:  # config/backends/... works from any directory (robot_server/config.py)
             backend_config = str(resolve_config(backend_config))
+        elif backend is None:
+            backend_config = default_backend_config(p["backend"]) or ""
         sim_size = int(self.get_parameter("sim_image_size").value)
         if p["backend"] == "sim" and sim_size > 0 and not backend_config:
             backend_config = {"image_size": sim_size}
@@ -120,9 +127,45 @@ class RobotNode(Node):
                             callback_group=group)
         self.create_service(Trigger, ri.SRV_ESTOP_RESET, self._trigger(self.core.estop_reset), callback_group=group)
         self.create_service(SetBool, ri.SRV_GRIPPER, self._on_gripper, callback_group=group)
+        self._setup_tf()
         self.timer = self.create_timer(1.0 / rate, self._guard(self._on_tick), callback_group=group)
         self.get_logger().info(f"robot_node up: backend={p['backend']} task={p['task'] or '-'} seed={p['seed']} "
                                f"rate={rate} Hz")
+
+    def _setup_tf(self) -> None:
+        """/tf_static: the cameras' optical frames (calibration); /tf: base -> TCP with every state message."""
+        from robot_server import cell_frames as cf
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError:  # a pip-only install without scripts/build_interfaces.sh
+            self.pub_tf = None
+            self.get_logger().warning("tf2_msgs is not installed: no TF (run scripts/setup.sh)")
+            return
+        self._tf_msg = TFMessage
+        self.pub_tf = self.create_publisher(TFMessage, ri.TOPIC_TF, ri.TF_QOS)
+        self.pub_tf_static = self.create_publisher(TFMessage, ri.TOPIC_TF_STATIC, ri.TF_STATIC_QOS)
+        path = self.get_parameter("calibration").value
+        if path:
+            cams = cf.load_calibration(resolve_config(path))
+        elif callable(getattr(self.backend, "camera_calibration", None)):
+            cams = self.backend.camera_calibration()
+        else:
+            cams = []
+            self.get_logger().warning("no camera calibration (parameter `calibration`): TF has the TCP frame only")
+        self.camera_transforms = cams
+        if cams:
+            self.pub_tf_static.publish(TFMessage(transforms=[self._transform_msg(t, time.time()) for t in cams]))
+
+    def _transform_msg(self, t, stamp: float):
+        from geometry_msgs.msg import TransformStamped
+        msg = TransformStamped()
+        msg.header.stamp = stamp_msg(stamp)
+        msg.header.frame_id = self.base_frame if t.parent == ri.BASE_FRAME else t.parent
+        msg.child_frame_id = t.child
+        tr, rot = msg.transform.translation, msg.transform.rotation
+        tr.x, tr.y, tr.z = t.xyz
+        rot.w, rot.x, rot.y, rot.z = t.quat_wxyz
+        return msg
 
     def _every(self, rate: float, param: str) -> int:
         return max(1, int(round(rate / max(1e-3, float(self.get_parameter(param).value)))))
@@ -189,6 +232,11 @@ class RobotNode(Node):
         g.name = [ri.GRIPPER_JOINT]
         g.position = [float(s.gripper_width)]
         self.pub_gripper.publish(g)
+
+        if self.pub_tf is not None:
+            from robot_server.cell_frames import tcp_transform
+            self.pub_tf.publish(self._tf_msg(transforms=[self._transform_msg(tcp_transform(s.ee_pos, s.ee_quat),
+                                                                             s.stamp)]))
 
     def _trigger(self, handler):
         def cb(request, response):

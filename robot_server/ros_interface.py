@@ -34,17 +34,25 @@ def camera_topic(name: str) -> str:
     return f"{CAMERA_NS}/{name}/image_raw"
 
 
-def camera_frame(name: str) -> str:
-    return f"{name}_camera_optical_frame"
+def camera_info_topic(name: str) -> str:
+    """sensor_msgs/CameraInfo beside each image topic, same stamp and frame (IMAGE_QOS)."""
+    return f"{CAMERA_NS}/{name}/camera_info"
 
 
-BASE_FRAME = "panda_link0"
+from robot_server.cell_frames import BASE_FRAME, TCP_FRAME, camera_frame  # noqa: E402,F401 - frames live there
 GRIPPER_JOINT = "gripper_width"
+
+# TF as tf2_ros does it: /tf reliable with a deep queue, /tf_static latched (every static transform in one message).
+TOPIC_TF, TOPIC_TF_STATIC = "/tf", "/tf_static"
 
 # Robot state at the loop rate (50 Hz).
 STATE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE,
                        durability=DurabilityPolicy.VOLATILE)
 # Status and success: latched, so a late joiner gets the last value at once.
+TF_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                    durability=DurabilityPolicy.VOLATILE)
+TF_STATIC_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.TRANSIENT_LOCAL)
 LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 # Images (about 150 kB each): keep few.

@@ -224,6 +224,11 @@ class Twin:
         self.data.qpos[adr + 3:adr + 7] = yaw_quat(yaw)
         self.data.qvel[self.model.jnt_dofadr[j.id]:self.model.jnt_dofadr[j.id] + 6] = 0.0
 
+    @property
+    def tcp_site(self) -> int:
+        """Id of the TCP site (the pose `state().ee_pos/ee_quat` reports)."""
+        return self._tcp
+
     def body_pos(self, name: str) -> np.ndarray:
         return self.data.xpos[self.model.body(name).id].copy()
 

@@ -36,6 +36,23 @@ BACKENDS: dict[str, str] = {
     "franka_ros2": "robot_server.backends.franka_ros2:create",
 }
 
+# The names a lab uses for its arm (the launch graphs' `robot` argument) -> the backend that drives it.
+ROBOT_ALIASES: dict[str, str] = {"fr3": "franka_libfranka", "panda": "panda_py"}
+
+
+def backend_name(name: str) -> str:
+    """A backend name or a robot alias (fr3, panda) -> the backend name."""
+    return ROBOT_ALIASES.get(name, name)
+
+
+def default_backend_config(kind: str) -> Optional[str]:
+    """The shipped YAML of a hardware backend (config/backends/<kind>.yaml), or None (sim, or not shipped)."""
+    if kind == "sim":
+        return None
+    from robot_server.config import shipped_path
+    found = shipped_path(f"config/backends/{kind}.yaml")
+    return str(found) if found is not None else None
+
 
 # name -> ("module:ConfigClass", YAML section)
 BACKEND_CONFIGS: dict[str, tuple[str, Optional[str]]] = {

@@ -20,7 +20,7 @@ import numpy as np
 
 from robot_server.backends.base import PANDA_ARM_JOINTS, RobotBackend, RobotState
 from robot_server.safety import HomeTarget
-from sim_twin.twin import Twin, TwinConfig
+from sim_twin.twin import CAMERA_NAMES, Twin, TwinConfig
 
 LOG = logging.getLogger("robot_server.backends.sim")
 
@@ -198,4 +198,19 @@ class SimTwinBackend(RobotBackend):
     @property
     def cameras(self) -> tuple[str, ...]:
         return tuple(self.twin.config.cameras)
+
+    def camera_calibration(self) -> list:
+        """The twin's cameras as a calibration (robot_server/cell_frames.py): what a real cell reads from YAML."""
+        from robot_server.cell_frames import twin_calibration
+        with self._lock:
+            m = self.twin.model
+            ids = {n: m.camera(CAMERA_NAMES[n]).id for n in self.cameras}
+            return twin_calibration(m, self.twin.data, ids, self.twin.tcp_site)
+
+    def camera_intrinsics(self, name: str):
+        from robot_server.cell_frames import pinhole_from_fovy
+        m = self.twin.model
+        cfg = self.twin.config
+        return pinhole_from_fovy(float(m.cam_fovy[m.camera(CAMERA_NAMES[name]).id]), cfg.render_width,
+                                 cfg.render_height)
 

@@ -12,10 +12,12 @@ CAMERA_SOURCES: dict[str, str] = {
 }
 
 
-def make_camera_source(kind: str, config=None):
-    """The camera source registered as `kind`, from a YAML path or mapping (see config/backends/realsense.yaml)."""
+def make_camera_source(kind: str, config=None, names=None):
+    """The camera source registered as `kind`, from a YAML path or mapping (see config/backends/realsense.yaml);
+    `names`: only these of its cameras (one camera node per camera, each opening only its own device)."""
     if kind not in CAMERA_SOURCES:
         hint = " (the sim cameras share the robot's twin: run sim_bringup)" if kind == "sim" else ""
         raise ValueError(f"unknown camera source {kind!r}; available: {sorted(CAMERA_SOURCES)}{hint}")
     module, factory = CAMERA_SOURCES[kind].split(":")
-    return getattr(importlib.import_module(module), factory)(config)
+    factory = getattr(importlib.import_module(module), factory)
+    return factory(config, names=tuple(names)) if names else factory(config)

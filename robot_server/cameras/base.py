@@ -32,3 +32,8 @@ class CameraSource(abc.ABC):
 
     def close(self) -> None:
         """Release resources (called in the capture thread after the last read)."""
+
+    def intrinsics(self, name: str):
+        """Pinhole intrinsics of the published images (robot_server.cell_frames.Intrinsics, after any crop and
+        resize), or None while unknown (a device not yet started)."""
+        return None

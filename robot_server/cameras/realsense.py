@@ -85,8 +85,14 @@ class RealSenseConfig:
             raise ValueError("realsense: with several live cameras every camera needs its serial")
 
 
-def create(config=None) -> "RealSenseCameraSource":
-    return RealSenseCameraSource(load_config(RealSenseConfig, config, section="realsense"))
+def create(config=None, names: tuple = ()) -> "RealSenseCameraSource":
+    cfg = load_config(RealSenseConfig, config, section="realsense")
+    if names:
+        unknown = sorted(set(names) - {c.name for c in cfg.cameras})
+        if unknown:
+            raise ValueError(f"realsense: no camera(s) {unknown} in the config (has {[c.name for c in cfg.cameras]})")
+        cfg = RealSenseConfig(tuple(c for c in cfg.cameras if c.name in names))
+    return RealSenseCameraSource(cfg)
 
 
 def crop_resize(image: np.ndarray, crop, resize, interpolation: Optional[int] = None) -> np.ndarray:
@@ -110,6 +116,7 @@ class _Camera:
         self.rs, self.cfg = rs, cfg
         self.pipeline = None
         self.align = None
+        self.intrinsics = None  # robot_server.cell_frames.Intrinsics of the published images, once started
         self.serial = cfg.serial
         self.status = "not opened"
         self.lost_message = ""
@@ -161,6 +168,10 @@ class _Camera:
                     if sensor.supports(rs.option.global_time_enabled):
                         sensor.set_option(rs.option.global_time_enabled, 1)
             self.serial = recorded
+            from robot_server.cell_frames import Intrinsics
+            i = profile.get_stream(rs.stream.color).as_video_stream_profile().get_intrinsics()
+            self.intrinsics = Intrinsics(int(i.width), int(i.height), float(i.fx), float(i.fy), float(i.ppx),
+                                         float(i.ppy)).cropped_resized(c.crop, c.resize)
             if c.align_depth:
                 self.depth_scale = device.first_depth_sensor().get_depth_scale()
                 self.align = rs.align(rs.stream.color)
@@ -271,6 +282,9 @@ class RealSenseCameraSource(CameraSource):
                                         interpolation=cv2.INTER_NEAREST)
         cam.frames += 1
         return Frame(name, out, stamp)
+
+    def intrinsics(self, name: str):
+        return self._cams[name].intrinsics
 
     def latest_depth(self, name: str) -> Optional[np.ndarray]:
         """Depth (uint16, units of depth_scale(name) metres) aligned to the last colour frame read, or None."""

@@ -21,6 +21,9 @@ class SimCameraSource(CameraSource):
         image, stamp = self.backend.render_stamped(name)
         return Frame(name, image, stamp)
 
+    def intrinsics(self, name: str):
+        return self.backend.camera_intrinsics(name)
+
     def close(self) -> None:
         # The renderers were created in this (capture) thread; free them here, not in the backend's thread.
         self.backend.release_renderers()

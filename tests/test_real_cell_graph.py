@@ -1,0 +1,110 @@
+"""The real-cell graph (`irevla launch sim_cell cell:=real`): robot_node with the FR3 backend against franky-sim (a
+libfranka-protocol peer on 127.0.0.1) and one camera_node per RealSense camera playing back recordings, started by
+the launcher as a lab would, on the (test's) host network; a subscriber checks state, images, CameraInfo and TF."""
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from peers import provision, servers
+from robot_server import ros_interface as ri
+from robot_server.cell_frames import TCP_FRAME, camera_frame
+
+pytestmark = pytest.mark.ros
+rs = pytest.importorskip("pyrealsense2", reason="pyrealsense2 not importable")
+REPO = Path(__file__).resolve().parents[1]
+BASE = "fr3_link0"
+
+
+@pytest.fixture(scope="module")
+def franky_sim():
+    peer = servers.provisioned(servers.start_franky_sim)
+    yield peer
+    peer.stop()
+
+
+def test_real_cell_graph_against_franky_sim_and_realsense_playback(franky_sim, ros_context, spin_thread, tmp_path):
+    from realsense_recordings import synthesize
+    from sensor_msgs.msg import CameraInfo, Image, JointState
+    from tf2_msgs.msg import TFMessage
+    import rclpy
+
+    front, wrist = str(tmp_path / "front.db3"), str(tmp_path / "wrist.db3")
+    synthesize({front: ("111", 64, 48, False), wrist: ("222", 64, 48, False)}, 30)
+    cams = tmp_path / "cams.yaml"
+    cams.write_text(yaml.safe_dump({"realsense": {"cameras": [
+        {"name": "front", "serial": "111", "playback_file": front, "playback_loop": True, "crop": [8, 0, 48, 48],
+         "resize": [32, 32]},
+        {"name": "wrist", "serial": "222", "playback_file": wrist, "playback_loop": True}]}}))
+    fr3 = tmp_path / "fr3.yaml"
+    fr3.write_text(yaml.safe_dump({"franka_libfranka": {
+        "hostname": servers.HOST, "realtime": False,
+        "extra_pythonpath": [str(servers.provisioned(provision.franky_client))]}}))
+    safety = tmp_path / "safety.yaml"
+    safety.write_text(yaml.safe_dump({"safety": {"pos_min": [0.25, -0.25, 0.25], "pos_max": [0.55, 0.25, 0.5],
+                                                 "nominal_quat": [0.0, 1.0, 0.0, 0.0]}}))
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "robot_server.launch_graph", "sim_cell", "cell:=real", "robot:=fr3",
+         f"backend_config:={fr3}", f"camera_config:={cams}", f"safety_config:={safety}", f"base_frame:={BASE}",
+         "calibration:=config/calibration.yaml", "camera_rate:=10.0"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    node = rclpy.create_node("real_cell_probe", context=ros_context)
+    got = {"joints": [], "tf": [], "static": [], "front": [], "wrist": [], "info_front": [], "info_wrist": []}
+    lock = threading.Lock()
+
+    def keep(key):
+        def cb(msg):
+            with lock:
+                got[key].append(msg)
+        return cb
+
+    node.create_subscription(JointState, ri.TOPIC_JOINT_STATES, keep("joints"), ri.STATE_QOS)
+    node.create_subscription(TFMessage, ri.TOPIC_TF, keep("tf"), ri.TF_QOS)
+    node.create_subscription(TFMessage, ri.TOPIC_TF_STATIC, keep("static"), ri.TF_STATIC_QOS)
+    for name in ("front", "wrist"):
+        node.create_subscription(Image, ri.camera_topic(name), keep(name), ri.IMAGE_QOS)
+        node.create_subscription(CameraInfo, ri.camera_info_topic(name), keep(f"info_{name}"), ri.IMAGE_QOS)
+    spin_thread([node])
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and launcher.poll() is None:
+            with lock:
+                if all(len(v) >= 3 for k, v in got.items() if k != "static") and got["static"]:
+                    break
+            time.sleep(0.2)
+        with lock:
+            counts = {k: len(v) for k, v in got.items()}
+        assert all(n >= 1 for n in counts.values()), counts
+        assert got["joints"][-1].name[0] == "fr3_joint1"  # the FR3 backend, through libfranka's protocol
+        static = {t.child_frame_id: t for t in got["static"][0].transforms}
+        assert static[camera_frame("front")].header.frame_id == BASE  # calibration: parent base -> the arm's base
+        assert static[camera_frame("wrist")].header.frame_id == TCP_FRAME
+        assert static[camera_frame("front")].transform.translation.z == pytest.approx(0.72)
+        tcp = got["tf"][-1].transforms[0]
+        assert tcp.header.frame_id == BASE and tcp.child_frame_id == TCP_FRAME
+        p = tcp.transform.translation
+        assert 0.2 < math.hypot(p.x, p.y) < 0.8 and 0.1 < p.z < 0.8  # a real pose of the simulated FR3
+        f, w = got["front"][-1], got["wrist"][-1]
+        assert (f.width, f.height, w.width, w.height) == (32, 32, 64, 48)
+        fi, wi = got["info_front"][-1], got["info_wrist"][-1]
+        assert fi.header.frame_id == camera_frame("front") and (fi.width, fi.height) == (32, 32)
+        # the recording's intrinsics (fx 60, principal point at the centre) after the crop and the 1.5x downscale
+        assert fi.k[0] == pytest.approx(60 * 32 / 48) and fi.k[2] == pytest.approx((32 - 8 + 0.5) * 32 / 48 - 0.5)
+        assert wi.k[0] == pytest.approx(60.0) and wi.k[2] == pytest.approx(32.0)
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        try:
+            log, _ = launcher.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            log, _ = launcher.communicate()
+    assert "real cell: host network" in log, log[-3000:]
+    assert launcher.returncode == 0, log[-3000:]
