@@ -98,8 +98,9 @@ class ActorCore:
 
 
 def send_demos(core: ActorCore, runner, encoder, out: Path, count: int, source: str, seed: int, send, stop,
-               log) -> None:
-    """Collect the zero-shot demos once (kept in out/actor_demos as the exact chunks sent) and send them."""
+               log) -> int:
+    """Collect the zero-shot demos once (kept in out/actor_demos as the exact chunks sent) and send them. Returns
+    how many were sent."""
     from rl_agent.episodes import collect_demos
     from rl_agent.session_config import DemoConfig
     store = out / "actor_demos"
@@ -129,4 +130,5 @@ def send_demos(core: ActorCore, runner, encoder, out: Path, count: int, source: 
         send(tp.KIND_DEMOS, chunk)
     if files:
         log(f"actor: sent {len(files)} demo episode(s)")
+    return len(files)
 

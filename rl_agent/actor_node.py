@@ -54,6 +54,12 @@ class RosLatentEnv:
         node.create_service(Trigger, f"{tp.NS}/start_episode", self._on_start)
         self._steps = 0
         self._last_id = -1
+        self.console = None  # rl_agent.operator_console.OperatorConsole: prompts and pause
+        self.waiting_for_reset = False
+
+    def start_episode(self) -> None:
+        """The scene is reset (operator's key or the start_episode service)."""
+        self._start.set()
 
     def _on_latent(self, msg) -> None:
         shape = tuple(int(x) for x in msg.shape)
@@ -68,7 +74,7 @@ class RosLatentEnv:
             self._cv.notify_all()
 
     def _on_start(self, request, response):
-        self._start.set()
+        self.start_episode()
         response.success, response.message = True, "episode starts"
         return response
 
@@ -93,10 +99,15 @@ class RosLatentEnv:
             self.log(f"actor: robot reset failed ({msg}); continuing from where the robot is")
         if not self.auto_reset:  # the real robot: a person puts the scene back
             self._start.clear()
-            self.log(f"actor: reset the scene, then call {tp.NS}/start_episode (std_srvs/Trigger)")
+            self.waiting_for_reset = True
+            if self.console is not None:
+                self.console.prompt("reset the scene, then press [r] (or call /irevla/rl/start_episode)")
+            else:
+                self.log(f"actor: reset the scene, then call {tp.NS}/start_episode (std_srvs/Trigger)")
             while not self._start.wait(0.2):
                 if self.stop.is_set():
                     raise InterruptedError("stopping")
+            self.waiting_for_reset = False
         obs, instruction = self._next_obs(after=time.monotonic())  # a frame of the reset scene
         self._steps = 0
         self.trace = self._trace_cls(self.task, instruction, int(seed), self.category)
@@ -105,6 +116,9 @@ class RosLatentEnv:
 
     def step(self, action, intervened: bool = False):
         a = np.clip(np.asarray(action, np.float32), -1.0, 1.0)
+        if self.console is not None and self.console.paused:  # the arm holds (no action: the watchdog)
+            self.console.wait_if_paused(self.stop)
+            self._t_last = time.monotonic() - self.dt
         wait = self._t_last + self.dt - time.monotonic()
         if wait > 0:
             time.sleep(wait)
@@ -164,6 +178,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "auto_reset": node.declare_parameter("auto_reset", True).value,
         "image_size": node.declare_parameter("image_size", 0).value,
         "intervention_device": node.declare_parameter("intervention_device", "").value,  # spacemouse | keyboard
+        "console": node.declare_parameter("console", "auto").value,  # operator keys in this terminal (robot mode)
+        "minutes": node.declare_parameter("minutes", 0.0).value,  # session budget (0: until stopped)
     }
     logger = node.get_logger()
     if not p["checkpoint"]:
@@ -294,6 +310,28 @@ def main(argv: Optional[list[str]] = None) -> int:
             rclpy.try_shutdown()
             return 2
     runner = EpisodeRunner(env, reward, interventions, agent.prepare_observations)
+    from rl_agent.operator_console import SessionStatus, open_console
+    session = SessionStatus()
+    t_end = time.monotonic() + 60.0 * float(p["minutes"]) if float(p["minutes"]) > 0 else None
+
+    def status() -> SessionStatus:
+        session.transitions, session.params_version = core.env_steps, core.params_version
+        session.learner_alive = core.live.alive
+        session.waiting_for_reset = bool(getattr(env, "waiting_for_reset", False))
+        session.time_left_s = None if t_end is None else t_end - time.monotonic()
+        return session
+
+    try:
+        console = open_console(p["console"], p["mode"], p["intervention_device"], operator.mark,
+                               getattr(env, "start_episode", lambda: None), status, logger.info)
+    except Exception as exc:  # console:=on without a terminal, a bad setting
+        logger.error(f"rl_actor: operator console: {exc}")
+        env.close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 2
+    if console is not None and isinstance(env, RosLatentEnv):
+        env.console = console
 
     executor = MultiThreadedExecutor(num_threads=3)
     executor.add_node(node)
@@ -303,11 +341,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     rate_hz = float(p["rate_hz"]) if p["mode"] == "twin" else 0.0  # robot mode paces itself in RosLatentEnv
     code = 0
     try:
-        send_demos(core, runner, encoder, out, int(p["demos"]), p["demo_source"], int(p["seed"]), send, stop,
-                   logger.info)
+        session.demos = send_demos(core, runner, encoder, out, int(p["demos"]), p["demo_source"], int(p["seed"]),
+                                   send, stop, logger.info)
         builder = tp.ChunkBuilder(int(p["chunk_steps"]))
         ep = 0
-        while not stop.is_set() and (int(p["max_episodes"]) <= 0 or ep < int(p["max_episodes"])):
+        while not stop.is_set() and (int(p["max_episodes"]) <= 0 or ep < int(p["max_episodes"])) \
+                and (t_end is None or time.monotonic() < t_end):
             t_next = [time.monotonic()]
 
             def on_step(obs, a, verdict, next_obs, took):
@@ -332,6 +371,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 send(tp.KIND_TRANSITIONS, last)
             ep += 1
             core.episodes = ep
+            session.episode, session.finished = ep + 1, ep
+            session.successes += int(res.trace.success)
             how = f"success ({res.trace.ended_by})" if res.trace.success else "failure"
             took = f", {res.trace.interventions} intervention(s)" if interventions is not None else ""
             logger.info(f"actor: episode {ep}: {how} in {len(res.actions)} steps (params v{core.params_version}, "
@@ -345,6 +386,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         stop.set()
         spinner.join(timeout=5)
         env.close()
+        if console is not None:
+            console.close()
         if interventions is not None:
             interventions.close()
         executor.shutdown(timeout_sec=2)

@@ -138,7 +138,7 @@ def ros_args(spec: NodeSpec) -> list[str]:
     args = ["--ros-args"] + (["-r", f"__node:={spec.name}"] if spec.name else [])
     for k, v in spec.parameters.items():
         text = str(v).lower() if isinstance(v, bool) else str(v)
-        args += ["-p", f"{k}:={text}"]
+        args += ["-p", f"{k}:={text if text else chr(39) * 2}"]  # an empty string as YAML '' (rcl refuses k:=)
     return args
 
 

@@ -79,6 +79,23 @@ def test_ros_args_render_parameters():
     spec = GRAPHS["sim_cell"].resolve({"task": "pick_carrot", "seed": "5"})[0]
     args = ros_args(spec)
     assert args[0] == "--ros-args" and "task:=pick_carrot" in args and "seed:=5" in args
+    # empty strings and lists reach rcl in a form it parses (it refuses `device:=`)
+    spec = next(s for s in GRAPHS["language_commanding"].resolve({"image_size": "96"}) if s.name == "policy_server")
+    args = ros_args(spec)
+    assert "device:=''" in args and "image_size:=[96, 96]" in args
+
+
+def test_real_cell_selects_its_nodes_and_refuses_what_cannot_work():
+    sim = [s.executable for s in GRAPHS["rl_session"].resolve({})]
+    real = [s.name for s in GRAPHS["rl_session"].resolve({"cell": "real", "reward": "operator"})]
+    assert "sim_bringup" in sim and "robot_node" not in sim
+    assert real[:3] == ["robot_node", "camera_front", "camera_wrist"] and "sim_bringup" not in real
+    assert GRAPHS["rl_session"].host_network({"cell": "real", "reward": "operator"})
+    assert not GRAPHS["rl_session"].host_network({})
+    with pytest.raises(ValueError, match="twin predicate"):
+        GRAPHS["rl_session"].resolve({"cell": "real"})
+    with pytest.raises(ValueError, match="cell must be one of"):
+        GRAPHS["sim_cell"].resolve({"cell": "lab"})
 
 
 @pytest.mark.ros

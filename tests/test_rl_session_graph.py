@@ -1,0 +1,95 @@
+"""The rl_session graph as an operator runs it: `irevla launch rl_session reward:=operator auto_reset:=false` in a
+terminal (a pty here), the operator's keys start each episode and mark it; the policy server streams latents, the
+actor (robot mode, over the robot server) acts and sends demos and transitions, the learner takes them. Real
+processes over real DDS on the twin cell."""
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ros
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Terminal:
+    """A process on a pseudo-terminal: what it prints, and keys typed into it."""
+
+    def __init__(self, cmd, env):
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO,
+                                     start_new_session=True)
+        os.close(slave)
+        self.screen = ""
+
+    def read(self, timeout: float = 0.2) -> str:
+        while select.select([self.master], [], [], timeout)[0]:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            self.screen += data.decode(errors="replace")
+            timeout = 0.0
+        return self.screen
+
+    def expect(self, pattern: str, timeout: float, since: int = 0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.read()[since:])
+            if m:
+                return since + m.end()
+            if self.proc.poll() is not None:
+                break
+        raise AssertionError(f"no {pattern!r} within {timeout} s; screen tail:\n{self.screen[-4000:]}")
+
+    def type(self, keys: str) -> None:
+        os.write(self.master, keys.encode())
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.read(0.5)
+        os.close(self.master)
+        return self.screen
+
+
+def test_operator_runs_a_session_with_keys(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "IREVLA_JOINED"}
+    term = Terminal([sys.executable, "-m", "robot_server.launch_graph", "rl_session",
+                     f"checkpoint:={REPO / 'policy' / 'default_model'}", "task:=press_button",
+                     "instruction:=press the button", "reward:=operator", "auto_reset:=false", "demos:=1",
+                     f"learner_out:={tmp_path / 'learner'}", f"actor_out:={tmp_path / 'actor'}"], env)
+    try:
+        at = term.expect(r"reset the scene, then press \[r\]", 240)  # the demo episode waits for the operator
+        term.type("r")
+        at = term.expect(r"episode 0 \| success 0/0", 30, at)
+        time.sleep(2.0)  # a few steps of the VLA
+        term.type("s")  # the operator: that was a success -> the demo
+        at = term.expect(r"sent 1 demo episode", 60, at)
+        at = term.expect(r"reset the scene, then press \[r\]", 60, at)  # the first RL episode
+        term.type("\r")
+        time.sleep(2.0)
+        term.type("f")
+        at = term.expect(r"episode 1: failure", 60, at)
+        term.expect(r"episode 2 \| success 0/1", 30, at)
+        term.type("p")
+        term.expect(r"operator: paused", 10, at)
+    finally:
+        screen = term.stop()
+    assert (tmp_path / "actor" / "actor_demos" / "chunk_000001.npz").is_file(), screen[-3000:]
+    assert "learner" in screen and "Traceback" not in screen, screen[-3000:]
