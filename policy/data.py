@@ -276,6 +276,7 @@ def split_by_task(sources: Sequence[PolicyData]) -> tuple[list[PolicyData], list
         tasks = sorted({s.ds.episode(k)["task"] for k in range(s.num_episodes)})
         for t in tasks:
             parts.append((t, PolicyData(s.root, s.cameras, include_failed=s.include_failed, tasks=[t])))
+        s.ds.release()  # the whole-set view is replaced by its parts: free its file descriptors now
     names = sorted({t for t, _ in parts})
     totals = {t: sum(len(p) for u, p in parts if u == t) for t in names}
     return [p for _, p in parts], [len(p) / totals[t] / len(names) for t, p in parts]

@@ -563,9 +563,15 @@ class EpisodeDataset:
         return {
             "name": meta["name"], "task": meta["task"], "instruction": meta["instruction"], "meta": meta,
             "images": {c["name"]: np.load(d / f"image_{c['name']}.npy", mmap_mode="r") for c in meta["cameras"]},
-            "state": np.load(d / "state.npy", mmap_mode="r"),
-            "action": np.load(d / "action.npy", mmap_mode="r"),
+            # Small arrays in memory: a memmap holds a file descriptor, and a 3,000-episode set opened twice
+            # (per-task batches) must stay under the open-file limit.
+            "state": np.load(d / "state.npy"),
+            "action": np.load(d / "action.npy"),
         }
+
+    def release(self) -> None:
+        """Drop the episodes' memory maps (their file descriptors); the dataset is unusable afterwards."""
+        self._episodes = []
 
     def __len__(self) -> int:
         return int(self._starts[-1])

@@ -90,7 +90,9 @@ class RecorderNode(Node):
         if recorder is None:
             cfg = RecorderConfig.from_yaml(p("config")) if p("config") else RecorderConfig()
             names = [str(n) for n in p("cameras") if str(n)]
-            known = {c.name: c for c in cfg.cameras}
+            # A config file's cameras keep their sizes; otherwise image_width / image_height decide (the built-in
+            # defaults must not override what the graph asked for).
+            known = {c.name: c for c in cfg.cameras} if p("config") else {}
             cams = tuple(known.get(n) or CameraConfig(n, width=int(p("image_width")), height=int(p("image_height")))
                          for n in names)
             over = {"root": str(p("out_dir")), "cameras": cams, "control_hz": float(p("rate"))}

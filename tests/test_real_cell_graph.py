@@ -108,3 +108,59 @@ def test_real_cell_graph_against_franky_sim_and_realsense_playback(franky_sim, r
             log, _ = launcher.communicate()
     assert "real cell: host network" in log, log[-3000:]
     assert launcher.returncode == 0, log[-3000:]
+
+
+def test_real_cell_teleop_collection_records_episodes_that_validate(franky_sim, tmp_path):
+    """`irevla launch teleop_collection cell:=real` in a terminal: keys start an episode (the FR3 homes through
+    libfranka), move the arm, end it as a success, quit; the episode validates with both cameras' frames."""
+    import os
+    from pty_process import ProcessTerminal
+    from realsense_recordings import synthesize
+    from teleop.dataset import read_episode, validate_dataset
+    from teleop import storage
+
+    front, wrist = str(tmp_path / "front.db3"), str(tmp_path / "wrist.db3")
+    synthesize({front: ("111", 64, 48, False), wrist: ("222", 64, 48, False)}, 30)
+    cams = tmp_path / "cams.yaml"
+    cams.write_text(yaml.safe_dump({"realsense": {"cameras": [
+        {"name": n, "serial": s, "playback_file": f, "playback_loop": True, "crop": [8, 0, 48, 48],
+         "resize": [32, 32]} for n, s, f in (("front", "111", front), ("wrist", "222", wrist))]}}))
+    fr3 = tmp_path / "fr3.yaml"
+    fr3.write_text(yaml.safe_dump({"franka_libfranka": {
+        "hostname": servers.HOST, "realtime": False, "home_dynamics_factor": 1.0,
+        "extra_pythonpath": [str(servers.provisioned(provision.franky_client))]}}))
+    safety = tmp_path / "safety.yaml"
+    safety.write_text(yaml.safe_dump({"safety": {"pos_min": [0.2, -0.3, 0.2], "pos_max": [0.6, 0.3, 0.6],
+                                                 "nominal_quat": [0.0, 1.0, 0.0, 0.0]}}))
+    data = tmp_path / "data"
+    term = ProcessTerminal([sys.executable, "-m", "robot_server.launch_graph", "teleop_collection", "cell:=real",
+                            "robot:=fr3", f"backend_config:={fr3}", f"camera_config:={cams}",
+                            f"safety_config:={safety}", f"base_frame:={BASE}", "image_size:=32",
+                            f"out_dir:={data}", "task:=pick_red_block", "instruction:=pick up the red block"],
+                           dict(os.environ))
+    try:
+        at = term.expect(r"Task for the next episodes", 120)
+        term.type("\r")  # keep the graph's task and instruction
+        at = term.expect(r"idle \| 0/", 30, at)
+        time.sleep(1.0)
+        term.type("n")  # start: home through libfranka, then record
+        at = term.expect(r"recording|episode_000000", 60, at)
+        time.sleep(2.0)
+        for _ in range(20):  # +x for ~1 s
+            term.type("w")
+            time.sleep(0.05)
+        time.sleep(1.0)
+        term.type("\r")  # success
+        term.expect(r"1/", 30, at)
+        term.type("q")
+        deadline = time.monotonic() + 30
+        while term.proc.poll() is None and time.monotonic() < deadline:
+            term.read()
+    finally:
+        screen = term.stop()
+    rep = validate_dataset(data)
+    assert rep.ok and rep.n_files == 1, rep.summary() + screen[-3000:]
+    ep = read_episode(storage.episode_files(data)["episode_000000"])
+    assert ep.meta["success"] is True and ep.meta["task"] == "pick_red_block"
+    assert ep.images["front"].shape[1:] == (32, 32, 3) and ep.images["wrist"].shape[1:] == (32, 32, 3)
+    assert len(ep.action) >= 10 and (ep.action[:, 0] > 0).sum() >= 3  # the +x keys were recorded

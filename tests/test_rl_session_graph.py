@@ -5,72 +5,21 @@ processes over real DDS on the twin cell."""
 from __future__ import annotations
 
 import os
-import pty
-import re
-import select
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from pty_process import ProcessTerminal
+
 pytestmark = pytest.mark.ros
 REPO = Path(__file__).resolve().parents[1]
 
 
-class Terminal:
-    """A process on a pseudo-terminal: what it prints, and keys typed into it."""
-
-    def __init__(self, cmd, env):
-        self.master, slave = pty.openpty()
-        self.proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO,
-                                     start_new_session=True)
-        os.close(slave)
-        self.screen = ""
-
-    def read(self, timeout: float = 0.2) -> str:
-        while select.select([self.master], [], [], timeout)[0]:
-            try:
-                data = os.read(self.master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            self.screen += data.decode(errors="replace")
-            timeout = 0.0
-        return self.screen
-
-    def expect(self, pattern: str, timeout: float, since: int = 0) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = re.search(pattern, self.read()[since:])
-            if m:
-                return since + m.end()
-            if self.proc.poll() is not None:
-                break
-        raise AssertionError(f"no {pattern!r} within {timeout} s; screen tail:\n{self.screen[-4000:]}")
-
-    def type(self, keys: str) -> None:
-        os.write(self.master, keys.encode())
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.read(0.5)
-        os.close(self.master)
-        return self.screen
-
-
 def test_operator_runs_a_session_with_keys(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "IREVLA_JOINED"}
-    term = Terminal([sys.executable, "-m", "robot_server.launch_graph", "rl_session",
+    term = ProcessTerminal([sys.executable, "-m", "robot_server.launch_graph", "rl_session",
                      f"checkpoint:={REPO / 'policy' / 'default_model'}", "task:=press_button",
                      "instruction:=press the button", "reward:=operator", "auto_reset:=false", "demos:=1",
                      f"learner_out:={tmp_path / 'learner'}", f"actor_out:={tmp_path / 'actor'}"], env)
