@@ -98,7 +98,7 @@ class ActorCore:
 
 
 def send_demos(core: ActorCore, runner, encoder, out: Path, count: int, source: str, seed: int, send, stop,
-               log) -> int:
+               log, harvest=None) -> int:
     """Collect the zero-shot demos once (kept in out/actor_demos as the exact chunks sent) and send them. Returns
     how many were sent."""
     from rl_agent.episodes import collect_demos
@@ -110,6 +110,8 @@ def send_demos(core: ActorCore, runner, encoder, out: Path, count: int, source: 
         chunks: list[dict] = []
 
         def on_demo(res, src, key):
+            if harvest is not None:
+                harvest(res.trace, src, key)
             builder = tp.ChunkBuilder(10_000)
             builder.start(res.observations[0])
             for i, a in enumerate(res.actions):

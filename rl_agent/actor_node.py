@@ -32,7 +32,8 @@ class RosLatentEnv:
     server's topic, actions through RobotClient, resets by the robot's reset service or the operator."""
 
     def __init__(self, node, latent_shape, max_episode_steps: int = 100, rate_hz: float = 10.0,
-                 auto_reset: bool = True, stop: Optional[threading.Event] = None, log=print):
+                 auto_reset: bool = True, stop: Optional[threading.Event] = None, log=print,
+                 keep_images: bool = False, cameras: tuple = ("front", "wrist")):
         from irevla_interfaces.msg import Latent
         from std_srvs.srv import Trigger
 
@@ -43,12 +44,14 @@ class RosLatentEnv:
         self.node, self.latent_shape = node, tuple(latent_shape)
         self.max_episode_steps, self.dt = int(max_episode_steps), 1.0 / rate_hz if rate_hz > 0 else 0.1
         self.auto_reset, self.stop, self.log = auto_reset, stop or threading.Event(), log
-        self.client = RobotClient(node)
-        self.keep_images = False  # the policy server publishes latents, not images: no harvest from here
+        # For the harvest (stage 2 trains on it) every step keeps the frames the latents were computed from (matched
+        # by the latent's stamp) and the robot state, as the recorder stores them.
+        self.keep_images, self.cameras = bool(keep_images), tuple(cameras)
+        self.client = RobotClient(node, self.cameras if self.keep_images else (), history=10)
         self.trace = None
         self.task, self.category = "", ""
         self._cv = threading.Condition()
-        self._latest: Optional[tuple] = None  # (obs_id, obs, instruction, recv time)
+        self._latest: Optional[tuple] = None  # (obs_id, obs, instruction, recv time, frames' stamp)
         self._start = threading.Event()
         node.create_subscription(Latent, ri.TOPIC_POLICY_LATENTS, self._on_latent, ri.LATENT_QOS)
         node.create_service(Trigger, f"{tp.NS}/start_episode", self._on_start)
@@ -69,8 +72,9 @@ class RosLatentEnv:
             return
         lat = np.frombuffer(bytes(msg.data), "<f2").reshape(shape).astype(np.float32)
         obs = {"latents": lat, "state": np.asarray(msg.state, np.float32)}
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         with self._cv:
-            self._latest = (int(msg.obs_id), obs, msg.instruction, time.monotonic())
+            self._latest = (int(msg.obs_id), obs, msg.instruction, time.monotonic(), stamp)
             self._cv.notify_all()
 
     def _on_start(self, request, response):
@@ -85,6 +89,7 @@ class RosLatentEnv:
             while not self.stop.is_set():
                 if self._latest is not None and self._latest[0] > self._last_id and self._latest[3] >= after:
                     self._last_id = self._latest[0]
+                    self._obs_stamp = self._latest[4]
                     return self._latest[1], self._latest[2]
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -111,8 +116,27 @@ class RosLatentEnv:
         obs, instruction = self._next_obs(after=time.monotonic())  # a frame of the reset scene
         self._steps = 0
         self.trace = self._trace_cls(self.task, instruction, int(seed), self.category)
+        self._keep_frames()
         self._t_last = time.monotonic()
         return obs, {"instruction": instruction, "success": bool(self.client.success)}
+
+    def _keep_frames(self) -> None:
+        """The observation's frames and robot state into the trace (harvest). A step without them drops the
+        episode's frames (it is not harvested) rather than mixing in frames of other moments."""
+        if not self.keep_images or self.trace is None:
+            return
+        if self._steps == 0:
+            self._frames_ok = True
+        if not self._frames_ok:
+            return
+        images = {c: self.client.image_near(c, self._obs_stamp) for c in self.cameras}
+        robot = self.client.record()
+        if robot is None or any(v is None for v in images.values()):
+            self.trace.images, self.trace.robot, self._frames_ok = [], [], False
+            self.log(f"actor: no frames for the latents of step {self._steps}: this episode is not harvested")
+            return
+        self.trace.images.append(images)
+        self.trace.robot.append(robot)
 
     def step(self, action, intervened: bool = False):
         a = np.clip(np.asarray(action, np.float32), -1.0, 1.0)
@@ -127,6 +151,7 @@ class RosLatentEnv:
         # the next observation: a frame taken at least half a control period after the action went out
         obs, _ = self._next_obs(after=self._t_last + 0.5 * self.dt)
         self._steps += 1
+        self._keep_frames()
         success = bool(self.client.success)
         self.trace.actions.append(a)
         self.trace.rewards.append(float(success))
@@ -136,6 +161,47 @@ class RosLatentEnv:
 
     def close(self) -> None:
         pass
+
+
+def _task_category(task: str, task_file: str) -> str:
+    """The registry's category of `task` (expert / rl / unseen), "" for a task the registry does not know."""
+    try:
+        from sim_twin.tasks.registry import TaskRegistry
+        spec = TaskRegistry.load([f for f in task_file.split(",") if f]).tasks.get(task)
+    except Exception:  # noqa: BLE001 - a real cell's task need not be in the twin's registry
+        return ""
+    return spec.category if spec is not None else ""
+
+
+class ActorHarvest:
+    """Successful episodes (demos and RL) in the expert-set format (rl_agent.harvest.Harvester), for stage 2:
+    `irevla train --checkpoint VLA --data EXPERT --data-rl OUT/harvest`. Keys carry the run's start time, so a
+    restarted actor (whose episode numbers start again) adds its episodes instead of skipping them."""
+
+    def __init__(self, root: Path, cameras: tuple, actor_id: str, logger):
+        self.root, self.cameras, self.logger = root, cameras, logger
+        self.run = f"{actor_id}:{int(time.time())}"
+        self.harvester = None
+
+    def __call__(self, trace, source: str, key: str) -> None:
+        if not trace.success or not trace.images:
+            return
+        try:
+            if self.harvester is None:  # the image size is what the cameras deliver
+                from rl_agent.harvest import Harvester
+                size = int(next(iter(trace.images[0].values())).shape[0])
+                self.harvester = Harvester(self.root, self.cameras, size, sources=("rl", "vla_demo", "expert_demo"),
+                                           operator="irevla rl_actor",
+                                           robot={"backend": "ros2", "collector": "rl_actor"})
+            entry = self.harvester.write(trace, source, f"{self.run}:{key}")
+            if entry is not None:
+                self.logger.info(f"actor: harvested {source} episode {entry.get('name')} ({len(trace)} steps)")
+        except Exception as exc:  # noqa: BLE001 - a failed write must not end the session
+            self.logger.error(f"actor: harvest of {key} failed: {type(exc).__name__}: {exc}")
+
+    def close(self) -> None:
+        if self.harvester is not None:
+            self.harvester.close()
 
 
 # ---------------------------------------------------------------------------------------------- ROS node
@@ -180,6 +246,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "intervention_device": node.declare_parameter("intervention_device", "").value,  # spacemouse | keyboard
         "console": node.declare_parameter("console", "auto").value,  # operator keys in this terminal (robot mode)
         "minutes": node.declare_parameter("minutes", 0.0).value,  # session budget (0: until stopped)
+        "harvest": node.declare_parameter("harvest", True).value,  # successful episodes -> out_dir/harvest
     }
     logger = node.get_logger()
     if not p["checkpoint"]:
@@ -290,11 +357,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if p["mode"] == "twin":
         env = LatentEnv(encoder, p["task"], task_files=[f for f in p["task_file"].split(",") if f],
-                        image_size=int(p["image_size"]) or None, keep_images=False,
+                        image_size=int(p["image_size"]) or None, keep_images=bool(p["harvest"]),
                         max_episode_steps=int(p["max_episode_steps"]) or None)
     else:
         env = RosLatentEnv(node, encoder.latent_shape, int(p["max_episode_steps"]) or 100, float(p["rate_hz"]),
-                           bool(p["auto_reset"]), stop, log=logger.info)
+                           bool(p["auto_reset"]), stop, log=logger.info, keep_images=bool(p["harvest"]),
+                           cameras=tuple(encoder.cameras))
+        env.task, env.category = p["task"], _task_category(p["task"], p["task_file"])
+    harvest = ActorHarvest(out / "harvest", tuple(encoder.cameras), p["actor_id"], logger) if p["harvest"] else None
     interventions = None
     if p["intervention_device"]:
         from rl_agent.interventions import InterventionConfig, make_interventions
@@ -342,7 +412,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     code = 0
     try:
         session.demos = send_demos(core, runner, encoder, out, int(p["demos"]), p["demo_source"], int(p["seed"]),
-                                   send, stop, logger.info)
+                                   send, stop, logger.info, harvest=harvest)
         builder = tp.ChunkBuilder(int(p["chunk_steps"]))
         ep = 0
         while not stop.is_set() and (int(p["max_episodes"]) <= 0 or ep < int(p["max_episodes"])) \
@@ -369,6 +439,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             last = builder.flush()
             if last is not None:
                 send(tp.KIND_TRANSITIONS, last)
+            if harvest is not None:
+                harvest(res.trace, "rl", f"rl:{ep}")
             ep += 1
             core.episodes = ep
             session.episode, session.finished = ep + 1, ep
@@ -388,6 +460,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         env.close()
         if console is not None:
             console.close()
+        if harvest is not None:
+            harvest.close()
         if interventions is not None:
             interventions.close()
         executor.shutdown(timeout_sec=2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Optional
 
@@ -39,10 +40,15 @@ def image_to_array(msg: Image) -> np.ndarray:
 
 
 class RobotClient:
-    def __init__(self, node: Node, cameras: tuple[str, ...] = ()):
+    """`history`: frames kept per camera (image_near picks the one a given stamp refers to, e.g. the frames a
+    latent was computed from)."""
+
+    def __init__(self, node: Node, cameras: tuple[str, ...] = (), history: int = 1):
         self.node = node
         self._lock = threading.Lock()
         self._pose: Optional[PoseStamped] = None
+        self._joints: Optional[JointState] = None
+        self._history = {c: deque(maxlen=max(1, int(history))) for c in cameras}
         self._gripper: float = float("nan")
         self.success = False
         self.scene_json: Optional[str] = None
@@ -51,6 +57,7 @@ class RobotClient:
         self.image_counts: dict[str, int] = {c: 0 for c in cameras}
         node.create_subscription(PoseStamped, ri.TOPIC_EE_POSE, self._on_pose, ri.LATEST_QOS)
         node.create_subscription(JointState, ri.TOPIC_GRIPPER, self._on_gripper, ri.LATEST_QOS)
+        node.create_subscription(JointState, ri.TOPIC_JOINT_STATES, self._on_joints, ri.LATEST_QOS)
         node.create_subscription(Bool, ri.TOPIC_SUCCESS, self._on_success, ri.LATCHED_QOS)
         node.create_subscription(String, ri.TOPIC_STATUS, self._on_status, ri.LATCHED_QOS)
         node.create_subscription(String, ri.TOPIC_SIM_SCENE, self._on_scene, ri.LATCHED_QOS)
@@ -67,6 +74,10 @@ class RobotClient:
     def _on_pose(self, msg: PoseStamped) -> None:
         with self._lock:
             self._pose = msg
+
+    def _on_joints(self, msg: JointState) -> None:
+        with self._lock:
+            self._joints = msg
 
     def _on_gripper(self, msg: JointState) -> None:
         if msg.position:
@@ -87,8 +98,31 @@ class RobotClient:
         except ValueError as e:
             self.node.get_logger().warning(f"camera {cam}: {e}")
             return
-        self.images[cam] = (msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, arr)
+        stamped = (msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, arr)
+        with self._lock:
+            self.images[cam] = stamped
+            if cam in self._history:
+                self._history[cam].append(stamped)
         self.image_counts[cam] = self.image_counts.get(cam, 0) + 1
+
+    def image_near(self, cam: str, stamp: float, tolerance_s: float = 0.15) -> Optional[np.ndarray]:
+        """The kept frame of `cam` closest to `stamp` (None if none is within tolerance)."""
+        with self._lock:
+            frames = list(self._history.get(cam, ()))
+        if not frames:
+            return None
+        t, arr = min(frames, key=lambda f: abs(f[0] - stamp))
+        return arr if abs(t - stamp) <= tolerance_s else None
+
+    def record(self) -> Optional[dict]:
+        """The robot state as the episode recorder stores it (joints, TCP pose, gripper), or None before it came."""
+        s = self.state()
+        with self._lock:
+            j = self._joints
+        if s is None or j is None:
+            return None
+        return {"q": np.array(j.position, float), "dq": np.array(j.velocity, float), "ee_pos": s.ee_pos,
+                "ee_quat": s.ee_quat, "gripper_width": float(s.gripper_width)}
 
     # ------------------------------------------------------------------ reading
     def state(self) -> Optional[ClientState]:

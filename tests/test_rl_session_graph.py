@@ -42,3 +42,13 @@ def test_operator_runs_a_session_with_keys(tmp_path):
         screen = term.stop()
     assert (tmp_path / "actor" / "actor_demos" / "chunk_000001.npz").is_file(), screen[-3000:]
     assert "learner" in screen and "Traceback" not in screen, screen[-3000:]
+    # The demo the operator marked is harvested for stage 2: frames of both cameras, robot state, actions.
+    from teleop.dataset import read_episode, validate_dataset
+    from teleop import storage
+    harvest = tmp_path / "actor" / "harvest"
+    rep = validate_dataset(harvest)
+    assert rep.ok and rep.n_files == 1, rep.summary() + screen[-5000:]
+    ep = read_episode(next(iter(storage.episode_files(harvest).values())))
+    assert ep.meta["extra"]["source"] == "vla_demo" and ep.meta["task"] == "press_button"
+    assert ep.images["front"].shape[1:] == (128, 128, 3) and ep.images["wrist"].shape[1:] == (128, 128, 3)
+    assert len(ep.action) >= 3 and ep.images["front"].shape[0] == len(ep.action)
