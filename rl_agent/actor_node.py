@@ -247,6 +247,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "console": node.declare_parameter("console", "auto").value,  # operator keys in this terminal (robot mode)
         "minutes": node.declare_parameter("minutes", 0.0).value,  # session budget (0: until stopped)
         "harvest": node.declare_parameter("harvest", True).value,  # successful episodes -> out_dir/harvest
+        "demo_data": node.declare_parameter("demo_data", "").value,  # recorded episodes (expert-set format) as demos
+        "demo_episodes": node.declare_parameter("demo_episodes", 20).value,
     }
     logger = node.get_logger()
     if not p["checkpoint"]:
@@ -411,8 +413,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     rate_hz = float(p["rate_hz"]) if p["mode"] == "twin" else 0.0  # robot mode paces itself in RosLatentEnv
     code = 0
     try:
-        session.demos = send_demos(core, runner, encoder, out, int(p["demos"]), p["demo_source"], int(p["seed"]),
-                                   send, stop, logger.info, harvest=harvest)
+        if p["demo_data"]:  # the operator's recorded episodes first: no scene resets needed for them
+            from rl_agent.recorded_demos import send_recorded_demos
+            session.demos = send_recorded_demos(p["demo_data"], encoder, out, p["task"], int(p["demo_episodes"]),
+                                                agent.prepare_observations, send, logger.info)
+        session.demos += send_demos(core, runner, encoder, out, int(p["demos"]), p["demo_source"], int(p["seed"]),
+                                    send, stop, logger.info, harvest=harvest)
         builder = tp.ChunkBuilder(int(p["chunk_steps"]))
         ep = 0
         while not stop.is_set() and (int(p["max_episodes"]) <= 0 or ep < int(p["max_episodes"])) \
@@ -454,6 +460,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except TimeoutError as exc:
         logger.error(f"actor: {exc}")
         code = 1
+    except ValueError as exc:  # e.g. demo_data without episodes of the task
+        logger.error(f"actor: {exc}")
+        code = 2
     finally:
         stop.set()
         spinner.join(timeout=5)
