@@ -66,6 +66,7 @@ setup(
             'iterate = rl_agent.iterate:main',
             'dataset = teleop.dataset_cli:main',
             'join = robot_server.join_cli:main',
+            'train-classifier = rl_agent.classifier_cli:main',
         ],
     },
 )

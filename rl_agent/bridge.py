@@ -120,3 +120,11 @@ def flax_to_head(params: dict, head) -> None:
             raise ValueError(f"bridge: {path} contains NaN or inf; refusing to write it into the head")
     for target, v, path in values:
         _assign(target, v)
+
+
+def hand_back(vla, agent, out_dir, extra_meta=None):
+    """Stage 1's end: the agent's RL head into `vla` (in place) and the whole VLA saved to `out_dir` (atomically),
+    a checkpoint the policy server, `irevla evaluate` and stage 2 take like any other. Returns the path."""
+    flax_to_head(agent.actor_head_params(), vla.head)
+    return vla.save(out_dir, extra_meta=dict(extra_meta or {}, stage=1))
+

@@ -280,12 +280,30 @@ def main(argv: Optional[list[str]] = None) -> int:
                 pub_params.publish(blob(tp.KIND_PARAMS, version, tp.FORMAT_FLAX, data))
             if core.checkpoint_due():
                 core.save_checkpoint()
+                handback()
             now = time.monotonic()
             if now - last_report >= 10.0:
                 log(f"learner: {core.updates} updates ({(core.updates - u0) / (now - last_report):.1f}/s), params "
                     f"v{core.params_version}, online {len(core.online)}, demo {len(core.demo)}, "
                     f"received {core.received}, rejected {core.rejected}")
                 last_report, u0 = now, core.updates
+
+    vla_box: list = []
+
+    def handback() -> None:
+        """The RL head inside a whole VLA checkpoint (out_dir/rl_head_ckpt) with every learner checkpoint: the
+        policy server can load it at any time, stage 2 starts from it."""
+        try:
+            from rl_agent.bridge import hand_back
+            if not vla_box:
+                from policy.model import load_vla
+                vla_box.append(load_vla(p["checkpoint"]))
+            path = hand_back(vla_box[0], core.agent, Path(p["out_dir"]) / "rl_head_ckpt",
+                             {"rl_updates": core.updates, "params_version": core.params_version,
+                              "stage0_checkpoint": str(p["checkpoint"])})
+            log(f"learner: RL head handed back into {path} ({core.updates} updates)")
+        except Exception as exc:  # noqa: BLE001 - the session goes on; the next checkpoint tries again
+            node.get_logger().error(f"learner: hand-back failed: {type(exc).__name__}: {exc}")
 
     trainer = threading.Thread(target=train_loop, name="rl_learner_train", daemon=True)
     executor = MultiThreadedExecutor(num_threads=2)
@@ -303,6 +321,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         trainer.join(timeout=30)
         try:
             core.save_checkpoint()
+            if core.updates > 0:
+                handback()
         except Exception as exc:  # a failed final checkpoint must not hide the shutdown
             print(f"rl_learner: final checkpoint failed: {exc}")
         executor.shutdown(timeout_sec=2)

@@ -305,14 +305,13 @@ class Session(SessionOutputs):
         self._save_checkpoint()
 
     def _phase_final(self) -> dict:
-        from rl_agent.bridge import flax_to_head
+        from rl_agent.bridge import hand_back
         st = self.state
         st["eval"]["after"] = self._evaluate("after (RL agent, deterministic)",
                                              agent_policy(lambda: self.agent, True, self.rng))
-        flax_to_head(self.agent.actor_head_params(), self.vla.head)
         head_dir = self.out / "rl_head_ckpt"
-        self.vla.save(head_dir, extra_meta={"stage": 1, "rl_task": self.cfg.task, "rl_episodes": st["episodes"],
-                                            "rl_updates": st["updates"], "stage0_checkpoint": str(self.checkpoint)})
+        hand_back(self.vla, self.agent, head_dir, {"rl_task": self.cfg.task, "rl_episodes": st["episodes"],
+                                                   "rl_updates": st["updates"], "stage0_checkpoint": str(self.checkpoint)})
         if self.cfg.eval.handback:
             st["eval"]["after_handback"] = self._evaluate("after (RL head inside the VLA)", vla_policy(self.encoder))
         summary = self._summary(head_dir)

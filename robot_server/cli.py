@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, bool]] = {
     "iterate": ("Algorithm 1 of iRe-VLA: stage 0, then RL + stage 2 per curriculum task, resumable", True),
     "dataset": ("inspect recorded datasets: validate, stats, view, reindex, cache, label-objects", False),
     "join": ("run a command inside a running graph's network namespace and ROS domain (second terminal)", False),
+    "train-classifier": ("train a success classifier (reward source) from marked episodes, on the VLA's latents", False),
 }
 # Commands that talk to a running graph: they join the one `irevla launch` started (robot_server/isolation.py).
 JOINS_RUNNING_GRAPH = {"command"}

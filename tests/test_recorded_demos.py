@@ -53,3 +53,27 @@ def test_recorded_episodes_become_demo_chunks(recorded, tmp_path):
     from rl_agent.recorded_demos import recorded_demo_chunks
     with pytest.raises(ValueError, match="no successful episodes of task open_drawer"):
         recorded_demo_chunks(recorded, encoder, "open_drawer", 5, log=lambda *_: None)
+
+
+def test_train_classifier_from_marked_episodes(recorded, tmp_path):
+    """`irevla train-classifier`: the last frames of successful episodes against the rest, on the VLA's latents."""
+    out = tmp_path / "success.msgpack"
+    base = [sys.executable, "-m", "robot_server.cli", "train-classifier", "--checkpoint",
+            str(REPO / "policy" / "default_model"), "--data", str(recorded), "--out", str(out)]
+    proc = subprocess.run(base + ["--task", "press_button"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "held-out accuracy" in proc.stdout.strip().splitlines()[-1]
+    from policy.model import load_vla
+    from rl_agent.env import LatentEncoder
+    from rl_agent.reward_classifier import SuccessClassifier
+    from teleop.dataset import EpisodeDataset
+    clf = SuccessClassifier.load(out)
+    encoder = LatentEncoder(load_vla(REPO / "policy" / "default_model"), torch_threads=1)
+    ep = EpisodeDataset(recorded).episode(0)
+    first = encoder({c: np.asarray(ep["images"][c][0]) for c in encoder.cameras}, ep["instruction"])
+    last = encoder({c: np.asarray(ep["images"][c][-1]) for c in encoder.cameras}, ep["instruction"])
+    p_first, p_last = clf.predict_proba(np.stack([first, last]))
+    assert p_last > 0.5 > p_first, (p_first, p_last)  # pressed vs not yet
+    proc = subprocess.run(base[:-2] + ["--out", str(tmp_path / "x.msgpack"), "--task", "open_drawer"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no episodes of task open_drawer" in proc.stderr

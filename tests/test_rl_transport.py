@@ -328,3 +328,12 @@ def test_actor_survives_learner_death_and_params_flow_again(ros_context, spin_th
                     p.kill(signal.SIGTERM)
                 except Exception:
                     p.p.kill()
+    # The learner stopped cleanly (SIGTERM): its last checkpoint carries the RL head inside a whole VLA checkpoint
+    # (hand-back), which loads like any other and acts with the trained head.
+    head_ckpt = tmp_path / "learner" / "rl_head_ckpt"
+    meta = json.loads((head_ckpt / "meta.json").read_text())
+    assert meta.get("stage") == 1 and meta.get("rl_updates", 0) > 0, meta
+    from policy.model import load_vla
+    before, after = load_vla(ckpt), load_vla(head_ckpt)
+    diff = max(float((a - b).abs().max()) for a, b in zip(before.head.parameters(), after.head.parameters()))
+    assert diff > 0, "the handed-back head is the stage-0 head"
