@@ -4,7 +4,7 @@
         [--out docs/results/default_model]
 
 1. success: `irevla evaluate` on every expert task, the unseen pick objects and the RL-category picks, template
-   phrasings, the given seeds (evaluation seeds are offset by 5e7: collection uses < 2e6). Goals: expert picks >= 0.7,
+   phrasings, the given seeds (evaluation seeds are offset by 5e7: collection uses < 2e7). Goals: expert picks >= 0.7,
    places >= 0.5, press_button and open_drawer >= 0.9, route_cable >= 0.5, unseen pick objects >= 0.3 on average;
    the RL picks (eggplant, carrot) are reported (the next step wants one between 0.1 and 0.5).
 2. language: the expert tasks again on the same seeds with tests/data/new_phrasings.yaml (phrasings never seen in

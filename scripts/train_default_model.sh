@@ -3,7 +3,7 @@
 # (182 per expert task, recorded as MCAP episodes by `irevla collect`, phrasings drawn per episode), the frozen
 # vision tower's features of every frame, a 1,000-episode clutter set (the same experts, with 3 training-only clutter
 # objects per scene: sim_twin/tasks/tasks.yaml `clutter`), and stage 0 of config/policy_towers.yaml on both.
-# Measured on 2 CPU cores: collection ~25 + 9 min, features ~12 + 5 min, training ~30 min (README, "Default model").
+# Measured on 2 CPU cores: collection 21.5 + 11.7 min, features ~8 + 4 min, training ~33 min (README, "Default model").
 # Resumable: each step continues where a killed run stopped (collection by its per-task counts and seeds, features
 # per episode, training from its last checkpoint).
 #   bash scripts/train_default_model.sh [work_dir]        (default work_dir: runs/default_model)

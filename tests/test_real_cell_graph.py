@@ -4,6 +4,7 @@ the launcher as a lab would, on the (test's) host network; a subscriber checks s
 from __future__ import annotations
 
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -164,3 +165,95 @@ def test_real_cell_teleop_collection_records_episodes_that_validate(franky_sim, 
     assert ep.meta["success"] is True and ep.meta["task"] == "pick_red_block"
     assert ep.images["front"].shape[1:] == (32, 32, 3) and ep.images["wrist"].shape[1:] == (32, 32, 3)
     assert len(ep.action) >= 10 and (ep.action[:, 0] > 0).sum() >= 3  # the +x keys were recorded
+
+
+def _real_rl_session(tmp_path, recorded, fr3, cams, safety, rl_cfg):
+    import os
+    from pty_process import ProcessTerminal
+    return ProcessTerminal([sys.executable, "-m", "robot_server.launch_graph", "rl_session", "cell:=real",
+                            "robot:=fr3", f"backend_config:={fr3}", f"camera_config:={cams}",
+                            f"safety_config:={safety}", f"base_frame:={BASE}", "calibration:=config/calibration.yaml",
+                            f"checkpoint:={REPO / 'policy' / 'default_model'}", "task:=press_button",
+                            "instruction:=press the button", "reward:=operator", "auto_reset:=false", "demos:=0",
+                            f"demo_data:={recorded}", f"rl_config:={rl_cfg}", "learning_starts:=5",
+                            "checkpoint_every_minutes:=0.05", f"learner_out:={tmp_path / 'learner'}",
+                            f"actor_out:={tmp_path / 'actor'}"], dict(os.environ))
+
+
+def _episode(term, at: int, key: str, seconds: float = 2.5) -> int:
+    at = term.expect(r"reset the scene, then press \[r\]", 120, at)
+    term.type("r")
+    time.sleep(seconds)  # the FR3 acts on the policy's actions (latents of the camera playback)
+    term.type(key)
+    return term.expect(r"episode \d+: (success|failure)", 60, at)
+
+
+def test_real_cell_rl_session_keys_sigkill_resume_harvest_handback(franky_sim, tmp_path):  # noqa: C901
+    """Algorithm 1's stage 1 on a real cell, exercised against the peers: rl_session cell:=real (FR3 on franky-sim,
+    RealSense playback), demos from a recorded episode set, episodes started and marked by keys in a pty, learner
+    checkpoints with the RL head handed back into a VLA checkpoint; SIGKILL of the learner ends the graph, the same
+    command resumes it (learner from its checkpoint, actor with its cached demos), and the harvest keeps every
+    success of both runs for stage 2."""
+    import json
+    import signal as sig
+    import subprocess as sp
+    from realsense_recordings import synthesize
+    from teleop.dataset import validate_dataset
+
+    recorded = tmp_path / "recorded"
+    proc = sp.run([sys.executable, "-m", "robot_server.cli", "collect", "--out", str(recorded), "--episodes-per-task",
+                   "2", "--tasks", "press_button", "--workers", "1", "--image-size", "128", "--no-progress"],
+                  capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    front, wrist = str(tmp_path / "front.db3"), str(tmp_path / "wrist.db3")
+    synthesize({front: ("111", 64, 48, False), wrist: ("222", 64, 48, False)}, 30)
+    cams = tmp_path / "cams.yaml"
+    cams.write_text(yaml.safe_dump({"realsense": {"cameras": [
+        {"name": n, "serial": s, "playback_file": f, "playback_loop": True, "crop": [8, 0, 48, 48],
+         "resize": [128, 128], "stamps": "host"}  # the recordings' device clock is an hour off on purpose
+        for n, s, f in (("front", "111", front), ("wrist", "222", wrist))]}}))
+    fr3 = tmp_path / "fr3.yaml"
+    fr3.write_text(yaml.safe_dump({"franka_libfranka": {
+        "hostname": servers.HOST, "realtime": False, "home_dynamics_factor": 1.0,
+        "extra_pythonpath": [str(servers.provisioned(provision.franky_client))]}}))
+    safety = tmp_path / "safety.yaml"
+    safety.write_text(yaml.safe_dump({"safety": {"pos_min": [0.2, -0.3, 0.2], "pos_max": [0.6, 0.3, 0.6],
+                                                 "nominal_quat": [0.0, 1.0, 0.0, 0.0]}}))
+    from rl_helpers import SMALL_SAC
+    rl_cfg = tmp_path / "rl.yaml"
+    rl_cfg.write_text(yaml.safe_dump({"session": {"sac": SMALL_SAC}}))
+
+    term = _real_rl_session(tmp_path, recorded, fr3, cams, safety, rl_cfg)
+    try:
+        at = term.expect(r"2 recorded demo episode", 240)  # the recorded episodes, encoded once
+        at = _episode(term, at, "s")
+        at = _episode(term, at, "f")
+        at = term.expect(r"RL head handed back into", 120, at)
+        learner = sp.run(["pgrep", "-f", f"rl_learner.*{tmp_path / 'learner'}"], capture_output=True, text=True)
+        pids = [int(p) for p in learner.stdout.split()]
+        assert pids, "no learner process"
+        os.kill(pids[0], sig.SIGKILL)  # a crash: no final checkpoint
+        term.expect(r"rl_learner exited with code", 30, at)
+        deadline = time.monotonic() + 60
+        while term.proc.poll() is None and time.monotonic() < deadline:
+            term.read()
+    finally:
+        first = term.stop()
+    assert "Traceback" not in first, first[-4000:]
+    ckpts = sorted((tmp_path / "learner" / "checkpoints").glob("*"))
+    assert ckpts, first[-3000:]
+
+    term = _real_rl_session(tmp_path, recorded, fr3, cams, safety, rl_cfg)  # the same command again
+    try:
+        at = term.expect(r"learner: resumed from", 240)
+        at = term.expect(r"demos 2 \|", 240, at)  # the cached chunks, sent again
+        _episode(term, at, "s")
+        time.sleep(1.0)
+    finally:
+        second = term.stop()
+    assert "Traceback" not in second, second[-4000:]
+    assert "recorded demo episode" not in second  # cached: not encoded again
+    rep = validate_dataset(tmp_path / "actor" / "harvest")
+    assert rep.ok and rep.n_files == 2, rep.summary()  # one success per run
+    meta = json.loads((tmp_path / "learner" / "rl_head_ckpt" / "meta.json").read_text())
+    assert meta["stage"] == 1 and meta["rl_updates"] > 0
