@@ -47,7 +47,7 @@ class RosLatentEnv:
         # For the harvest (stage 2 trains on it) every step keeps the frames the latents were computed from (matched
         # by the latent's stamp) and the robot state, as the recorder stores them.
         self.keep_images, self.cameras = bool(keep_images), tuple(cameras)
-        self.client = RobotClient(node, self.cameras if self.keep_images else (), history=10)
+        self.client = RobotClient(node, self.cameras if self.keep_images else (), history=10, joints=self.keep_images)
         self.trace = None
         self.task, self.category = "", ""
         self._cv = threading.Condition()
@@ -440,7 +440,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             res = runner.run(seeds.seed("online_rl", int(p["seed"]) * 1_000_000 + ep),
                              agent_policy(core.current_agent, False, rng),
-                             keep_images=False, on_reset=builder.start, on_step=on_step, should_stop=stop.is_set,
+                             keep_images=bool(p["harvest"]), on_reset=builder.start, on_step=on_step,
+                             should_stop=stop.is_set,
                              allow_interventions=interventions is not None)
             last = builder.flush()
             if last is not None:

@@ -41,9 +41,9 @@ def image_to_array(msg: Image) -> np.ndarray:
 
 class RobotClient:
     """`history`: frames kept per camera (image_near picks the one a given stamp refers to, e.g. the frames a
-    latent was computed from)."""
+    latent was computed from); `joints`: also take the joint states (record())."""
 
-    def __init__(self, node: Node, cameras: tuple[str, ...] = (), history: int = 1):
+    def __init__(self, node: Node, cameras: tuple[str, ...] = (), history: int = 1, joints: bool = False):
         self.node = node
         self._lock = threading.Lock()
         self._pose: Optional[PoseStamped] = None
@@ -57,7 +57,8 @@ class RobotClient:
         self.image_counts: dict[str, int] = {c: 0 for c in cameras}
         node.create_subscription(PoseStamped, ri.TOPIC_EE_POSE, self._on_pose, ri.LATEST_QOS)
         node.create_subscription(JointState, ri.TOPIC_GRIPPER, self._on_gripper, ri.LATEST_QOS)
-        node.create_subscription(JointState, ri.TOPIC_JOINT_STATES, self._on_joints, ri.LATEST_QOS)
+        if joints:  # only for record(): 50 Hz of messages a policy server does not need
+            node.create_subscription(JointState, ri.TOPIC_JOINT_STATES, self._on_joints, ri.LATEST_QOS)
         node.create_subscription(Bool, ri.TOPIC_SUCCESS, self._on_success, ri.LATCHED_QOS)
         node.create_subscription(String, ri.TOPIC_STATUS, self._on_status, ri.LATCHED_QOS)
         node.create_subscription(String, ri.TOPIC_SIM_SCENE, self._on_scene, ri.LATCHED_QOS)

@@ -59,3 +59,16 @@ class ProcessTerminal:
         self.read(0.5)
         os.close(self.master)
         return self.screen
+
+    def press_until(self, key: str, pattern: str, timeout: float, since: int = 0, every: float = 3.0) -> int:
+        """Type `key` every `every` s until `pattern` shows (a mark typed before the episode started is cleared by
+        its reset, as a person would press again)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.type(key)
+            try:
+                return self.expect(pattern, min(every, max(0.1, deadline - time.monotonic())), since)
+            except AssertionError:
+                if time.monotonic() >= deadline or self.proc.poll() is not None:
+                    raise
+

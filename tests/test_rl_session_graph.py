@@ -28,13 +28,11 @@ def test_operator_runs_a_session_with_keys(tmp_path):
         term.type("r")
         at = term.expect(r"episode 0 \| success 0/0", 30, at)
         time.sleep(2.0)  # a few steps of the VLA
-        term.type("s")  # the operator: that was a success -> the demo
-        at = term.expect(r"sent 1 demo episode", 60, at)
+        at = term.press_until("s", r"sent 1 demo episode", 60, at)  # the operator: a success -> the demo
         at = term.expect(r"reset the scene, then press \[r\]", 60, at)  # the first RL episode
         term.type("\r")
         time.sleep(2.0)
-        term.type("f")
-        at = term.expect(r"episode 1: failure", 60, at)
+        at = term.press_until("f", r"episode 1: failure", 60, at)
         term.expect(r"episode 2 \| success 0/1", 30, at)
         term.type("p")
         term.expect(r"operator: paused", 10, at)
