@@ -60,7 +60,7 @@ def test_shipped_configs_load_and_match_the_controller():
     ros2 = load_config(FrankaRos2Config, cfg / "franka_ros2.yaml", section="franka_ros2")
     assert ros2.target_topic == "/cartesian_impedance_controller/target_pose"
     cams = load_config(RealSenseConfig, cfg / "realsense.yaml", section="realsense")
-    assert [c.name for c in cams.cameras] == ["front", "wrist"] and cams.cameras[0].resize == (224, 224)
+    assert [c.name for c in cams.cameras] == ["front", "wrist"] and cams.cameras[0].resize == (128, 128)
 
     doc = yaml.safe_load((ROOT / "config" / "franka_ros2_cartesian_impedance.yaml").read_text())
     params = set(doc["cartesian_impedance_controller"]["ros__parameters"])

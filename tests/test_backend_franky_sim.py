@@ -133,9 +133,9 @@ def test_fr3_backend_through_robot_node_against_franky_sim(franky_sim, franky_cl
     # last of a burst: stream each kind until the node's status shows it was rejected.
     def rejected(reason):
         return lambda: c.latest_status()["counters"]["reasons"].get(reason, 0) > 0
-    assert stream(lambda: c.send_target([0.45, 0.0, 0.60], DOWN, frame_id=BASE), 5.0,
+    assert stream(lambda: c.send_target([0.45, 0.0, 0.60], DOWN, frame_id=BASE), 15.0,
                    until=rejected("outside workspace")), c.latest_status()["counters"]
-    assert stream(lambda: c.send_target([0.30, 0.0, 0.35], DOWN, frame_id="panda_link0"), 5.0,
+    assert stream(lambda: c.send_target([0.30, 0.0, 0.35], DOWN, frame_id="panda_link0"), 15.0,
                    until=rejected("wrong frame")), c.latest_status()["counters"]
     assert np.linalg.norm(c.ee_pos() - p_before) < 0.01
 

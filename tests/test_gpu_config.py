@@ -83,7 +83,7 @@ def test_checkpoint_device_for_the_server(tmp_path, monkeypatch):
 
     seen = []
 
-    def fake_load(path, device):
+    def fake_load(path, device, dtype=None):
         seen.append((Path(path), device))
         raise RuntimeError("stop")
 

@@ -77,7 +77,10 @@ def test_a_second_process_commands_the_launched_graph(tmp_path):
         text = out.stdout + out.stderr
         assert "joining 'language_commanding'" in out.stderr, text[-3000:]
         assert "no policy server" not in text, text[-3000:]
-        assert out.returncode == 0 and "success:" in out.stdout, text[-3000:]
+        # Reached the server: the goal ran and ended with the policy's outcome (0 success, 1 timeout on a loaded
+        # machine); 3 would be "no policy server", the failure this test is about.
+        assert out.returncode in (0, 1) and "-> 'press the button'" in out.stdout, text[-3000:]
+        assert "step " in out.stdout and ("success:" in out.stdout or "timeout:" in out.stdout), text[-3000:]
         listed = subprocess.run([sys.executable, "-m", "robot_server.cli", "join"], env=second, capture_output=True,
                                 text=True, timeout=30)
         assert f"ROS_DOMAIN_ID={records[0]['domain_id']}" in listed.stdout

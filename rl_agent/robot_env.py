@@ -1,0 +1,190 @@
+"""The robot (or the twin behind the robot node) seen by the RL actor over ROS 2: latents from the policy server,
+actions through the robot server, resets by the robot's reset service or the operator; plus the actor's harvest of
+successful episodes for stage 2. Used by rl_agent/actor_node.py (the node shell); no node imports this one's node."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from rl_agent import transport as tp
+
+
+class RosLatentEnv:
+    """The real robot (or the twin behind the robot node) seen like rl_agent.env.LatentEnv: latents from the policy
+    server's topic, actions through RobotClient, resets by the robot's reset service or the operator."""
+
+    def __init__(self, node, latent_shape, max_episode_steps: int = 100, rate_hz: float = 10.0,
+                 auto_reset: bool = True, stop: Optional[threading.Event] = None, log=print,
+                 keep_images: bool = False, cameras: tuple = ("front", "wrist")):
+        from irevla_interfaces.msg import Latent
+        from std_srvs.srv import Trigger
+
+        from robot_server import ros_interface as ri
+        from robot_server.client import RobotClient
+        from rl_agent.env import EpisodeTrace
+        self._trace_cls = EpisodeTrace
+        self.node, self.latent_shape = node, tuple(latent_shape)
+        self.max_episode_steps, self.dt = int(max_episode_steps), 1.0 / rate_hz if rate_hz > 0 else 0.1
+        self.auto_reset, self.stop, self.log = auto_reset, stop or threading.Event(), log
+        # For the harvest (stage 2 trains on it) every step keeps the frames the latents were computed from (matched
+        # by the latent's stamp) and the robot state, as the recorder stores them.
+        self.keep_images, self.cameras = bool(keep_images), tuple(cameras)
+        self.client = RobotClient(node, self.cameras if self.keep_images else (), history=10, joints=self.keep_images)
+        self.trace = None
+        self.task, self.category = "", ""
+        self._cv = threading.Condition()
+        self._latest: Optional[tuple] = None  # (obs_id, obs, instruction, recv time, frames' stamp)
+        self._start = threading.Event()
+        node.create_subscription(Latent, ri.TOPIC_POLICY_LATENTS, self._on_latent, ri.LATENT_QOS)
+        node.create_service(Trigger, f"{tp.NS}/start_episode", self._on_start)
+        self._steps = 0
+        self._last_id = -1
+        self.console = None  # rl_agent.operator_console.OperatorConsole: prompts and pause
+        self.waiting_for_reset = False
+
+    def start_episode(self) -> None:
+        """The scene is reset (operator's key or the start_episode service)."""
+        self._start.set()
+
+    def _on_latent(self, msg) -> None:
+        shape = tuple(int(x) for x in msg.shape)
+        if shape != self.latent_shape:
+            self.node.get_logger().warning(f"latents of shape {shape}, this actor expects {self.latent_shape}: "
+                                           "is the policy server running the same VLA?", throttle_duration_sec=10.0)
+            return
+        lat = np.frombuffer(bytes(msg.data), "<f2").reshape(shape).astype(np.float32)
+        obs = {"latents": lat, "state": np.asarray(msg.state, np.float32)}
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        with self._cv:
+            self._latest = (int(msg.obs_id), obs, msg.instruction, time.monotonic(), stamp)
+            self._cv.notify_all()
+
+    def _on_start(self, request, response):
+        self.start_episode()
+        response.success, response.message = True, "episode starts"
+        return response
+
+    def _next_obs(self, after: float = 0.0, timeout: float = 5.0) -> tuple[dict, str]:
+        """The first latent newer than the last one used and received after `after` (monotonic time)."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while not self.stop.is_set():
+                if self._latest is not None and self._latest[0] > self._last_id and self._latest[3] >= after:
+                    self._last_id = self._latest[0]
+                    self._obs_stamp = self._latest[4]
+                    return self._latest[1], self._latest[2]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no new latents on the policy server's topic for {timeout:.0f} s "
+                                       "(is policy/server_node.py running with latents enabled?)")
+                self._cv.wait(min(left, 0.2))
+        raise InterruptedError("stopping")
+
+    def reset(self, seed: int):
+        ok, msg = self.client.call("reset")  # homes the arm (in the twin: also a new scene)
+        if not ok:
+            self.log(f"actor: robot reset failed ({msg}); continuing from where the robot is")
+        if not self.auto_reset:  # the real robot: a person puts the scene back
+            self._start.clear()
+            self.waiting_for_reset = True
+            if self.console is not None:
+                self.console.prompt("reset the scene, then press [r] (or call /irevla/rl/start_episode)")
+            else:
+                self.log(f"actor: reset the scene, then call {tp.NS}/start_episode (std_srvs/Trigger)")
+            while not self._start.wait(0.2):
+                if self.stop.is_set():
+                    raise InterruptedError("stopping")
+            self.waiting_for_reset = False
+        obs, instruction = self._next_obs(after=time.monotonic())  # a frame of the reset scene
+        self._steps = 0
+        self.trace = self._trace_cls(self.task, instruction, int(seed), self.category)
+        self._keep_frames()
+        self._t_last = time.monotonic()
+        return obs, {"instruction": instruction, "success": bool(self.client.success)}
+
+    def _keep_frames(self) -> None:
+        """The observation's frames and robot state into the trace (harvest). A step without them drops the
+        episode's frames (it is not harvested) rather than mixing in frames of other moments."""
+        if not self.keep_images or self.trace is None:
+            return
+        if self._steps == 0:
+            self._frames_ok = True
+        if not self._frames_ok:
+            return
+        images = {c: self.client.image_near(c, self._obs_stamp) for c in self.cameras}
+        robot = self.client.record()
+        if robot is None or any(v is None for v in images.values()):
+            self.trace.images, self.trace.robot, self._frames_ok = [], [], False
+            self.log(f"actor: no frames for the latents of step {self._steps}: this episode is not harvested")
+            return
+        self.trace.images.append(images)
+        self.trace.robot.append(robot)
+
+    def step(self, action, intervened: bool = False):
+        a = np.clip(np.asarray(action, np.float32), -1.0, 1.0)
+        if self.console is not None and self.console.paused:  # the arm holds (no action: the watchdog)
+            self.console.wait_if_paused(self.stop)
+            self._t_last = time.monotonic() - self.dt
+        wait = self._t_last + self.dt - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self.client.send_action(a)
+        self._t_last = time.monotonic()
+        # the next observation: a frame taken at least half a control period after the action went out
+        obs, _ = self._next_obs(after=self._t_last + 0.5 * self.dt)
+        self._steps += 1
+        self._keep_frames()
+        success = bool(self.client.success)
+        self.trace.actions.append(a)
+        self.trace.rewards.append(float(success))
+        self.trace.intervened.append(bool(intervened))
+        truncated = self._steps >= self.max_episode_steps and not success
+        return obs, float(success), success, truncated, {"success": success}
+
+    def close(self) -> None:
+        pass
+
+
+def task_category(task: str, task_file: str) -> str:
+    """The registry's category of `task` (expert / rl / unseen), "" for a task the registry does not know."""
+    try:
+        from sim_twin.tasks.registry import TaskRegistry
+        spec = TaskRegistry.load([f for f in task_file.split(",") if f]).tasks.get(task)
+    except Exception:  # noqa: BLE001 - a real cell's task need not be in the twin's registry
+        return ""
+    return spec.category if spec is not None else ""
+
+
+class ActorHarvest:
+    """Successful episodes (demos and RL) in the expert-set format (rl_agent.harvest.Harvester), for stage 2:
+    `irevla train --checkpoint VLA --data EXPERT --data-rl OUT/harvest`. Keys carry the run's start time, so a
+    restarted actor (whose episode numbers start again) adds its episodes instead of skipping them."""
+
+    def __init__(self, root: Path, cameras: tuple, actor_id: str, logger):
+        self.root, self.cameras, self.logger = root, cameras, logger
+        self.run = f"{actor_id}:{int(time.time())}"
+        self.harvester = None
+
+    def __call__(self, trace, source: str, key: str) -> None:
+        if not trace.success or not trace.images:
+            return
+        try:
+            if self.harvester is None:  # the image size is what the cameras deliver
+                from rl_agent.harvest import Harvester
+                size = int(next(iter(trace.images[0].values())).shape[0])
+                self.harvester = Harvester(self.root, self.cameras, size, sources=("rl", "vla_demo", "expert_demo"),
+                                           operator="irevla rl_actor",
+                                           robot={"backend": "ros2", "collector": "rl_actor"})
+            entry = self.harvester.write(trace, source, f"{self.run}:{key}")
+            if entry is not None:
+                self.logger.info(f"actor: harvested {source} episode {entry.get('name')} ({len(trace)} steps)")
+        except Exception as exc:  # noqa: BLE001 - a failed write must not end the session
+            self.logger.error(f"actor: harvest of {key} failed: {type(exc).__name__}: {exc}")
+
+    def close(self) -> None:
+        if self.harvester is not None:
+            self.harvester.close()
