@@ -86,6 +86,7 @@ class CameraNode(Node):
         self.period = 1.0 / rate
         self.source = source
         self.pubs = {name: self.create_publisher(Image, ri.camera_topic(name), ri.IMAGE_QOS) for name in source.names}
+        self._intrinsics: dict = {}
         self.info_pubs = {name: self.create_publisher(CameraInfo, ri.camera_info_topic(name), ri.IMAGE_QOS)
                           for name in source.names}
         self.frames_published = 0
@@ -121,7 +122,9 @@ class CameraNode(Node):
                     try:
                         msg = frame_to_msg(self.source.read(name))
                         pub.publish(msg)
-                        intr = self.source.intrinsics(name)
+                        intr = self._intrinsics.get(name)
+                        if intr is None:  # asked until known (a device not yet started has none), then kept
+                            intr = self._intrinsics[name] = self.source.intrinsics(name)
                         if intr is not None:
                             self.info_pubs[name].publish(camera_info_msg(intr, msg.header))
                         self.frames_published += 1

@@ -26,6 +26,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from robot_server import ros_interface as ri
 from robot_server.backends.base import RobotBackend, RobotState
+from robot_server.cell_frames import tcp_transform
 from robot_server.config import check_backend_home, load_safety_config, resolve_config
 from robot_server.server_core import RobotServerCore
 from robot_server.ros_main import init_with_stop_event
@@ -234,7 +235,6 @@ class RobotNode(Node):
         self.pub_gripper.publish(g)
 
         if self.pub_tf is not None:
-            from robot_server.cell_frames import tcp_transform
             self.pub_tf.publish(self._tf_msg(transforms=[self._transform_msg(tcp_transform(s.ee_pos, s.ee_quat),
                                                                              s.stamp)]))
 

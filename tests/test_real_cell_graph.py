@@ -32,26 +32,39 @@ def franky_sim():
     peer.stop()
 
 
-def test_real_cell_graph_against_franky_sim_and_realsense_playback(franky_sim, ros_context, spin_thread, tmp_path):
+def _cell_files(tmp_path, resize: int, crop_wrist: bool = True, stamps=None):
+    """The real cell's files for a test: two RealSense recordings (64x48) and their camera config (front cropped and
+    resized to `resize`; the wrist too unless crop_wrist is False), the FR3 backend config pointing at franky-sim,
+    and a safety box. Returns (camera config, backend config, safety config)."""
     from realsense_recordings import synthesize
+    front, wrist = str(tmp_path / "front.db3"), str(tmp_path / "wrist.db3")
+    synthesize({front: ("111", 64, 48, False), wrist: ("222", 64, 48, False)}, 30)
+    cameras = []
+    for name, serial, path in (("front", "111", front), ("wrist", "222", wrist)):
+        cam = {"name": name, "serial": serial, "playback_file": path, "playback_loop": True}
+        if name == "front" or crop_wrist:
+            cam.update(crop=[8, 0, 48, 48], resize=[resize, resize])
+        if stamps:
+            cam["stamps"] = stamps
+        cameras.append(cam)
+    cams = tmp_path / "cams.yaml"
+    cams.write_text(yaml.safe_dump({"realsense": {"cameras": cameras}}))
+    fr3 = tmp_path / "fr3.yaml"
+    fr3.write_text(yaml.safe_dump({"franka_libfranka": {
+        "hostname": servers.HOST, "realtime": False, "home_dynamics_factor": 1.0,
+        "extra_pythonpath": [str(servers.provisioned(provision.franky_client))]}}))
+    safety = tmp_path / "safety.yaml"
+    safety.write_text(yaml.safe_dump({"safety": {"pos_min": [0.2, -0.3, 0.2], "pos_max": [0.6, 0.3, 0.6],
+                                                 "nominal_quat": [0.0, 1.0, 0.0, 0.0]}}))
+    return cams, fr3, safety
+
+
+def test_real_cell_graph_against_franky_sim_and_realsense_playback(franky_sim, ros_context, spin_thread, tmp_path):
     from sensor_msgs.msg import CameraInfo, Image, JointState
     from tf2_msgs.msg import TFMessage
     import rclpy
 
-    front, wrist = str(tmp_path / "front.db3"), str(tmp_path / "wrist.db3")
-    synthesize({front: ("111", 64, 48, False), wrist: ("222", 64, 48, False)}, 30)
-    cams = tmp_path / "cams.yaml"
-    cams.write_text(yaml.safe_dump({"realsense": {"cameras": [
-        {"name": "front", "serial": "111", "playback_file": front, "playback_loop": True, "crop": [8, 0, 48, 48],
-         "resize": [32, 32]},
-        {"name": "wrist", "serial": "222", "playback_file": wrist, "playback_loop": True}]}}))
-    fr3 = tmp_path / "fr3.yaml"
-    fr3.write_text(yaml.safe_dump({"franka_libfranka": {
-        "hostname": servers.HOST, "realtime": False,
-        "extra_pythonpath": [str(servers.provisioned(provision.franky_client))]}}))
-    safety = tmp_path / "safety.yaml"
-    safety.write_text(yaml.safe_dump({"safety": {"pos_min": [0.25, -0.25, 0.25], "pos_max": [0.55, 0.25, 0.5],
-                                                 "nominal_quat": [0.0, 1.0, 0.0, 0.0]}}))
+    cams, fr3, safety = _cell_files(tmp_path, 32, crop_wrist=False)
     launcher = subprocess.Popen(
         [sys.executable, "-m", "robot_server.launch_graph", "sim_cell", "cell:=real", "robot:=fr3",
          f"backend_config:={fr3}", f"camera_config:={cams}", f"safety_config:={safety}", f"base_frame:={BASE}",
@@ -114,25 +127,11 @@ def test_real_cell_graph_against_franky_sim_and_realsense_playback(franky_sim, r
 def test_real_cell_teleop_collection_records_episodes_that_validate(franky_sim, tmp_path):
     """`irevla launch teleop_collection cell:=real` in a terminal: keys start an episode (the FR3 homes through
     libfranka), move the arm, end it as a success, quit; the episode validates with both cameras' frames."""
-    import os
     from pty_process import ProcessTerminal
-    from realsense_recordings import synthesize
     from teleop.dataset import read_episode, validate_dataset
     from teleop import storage
 
-    front, wrist = str(tmp_path / "front.db3"), str(tmp_path / "wrist.db3")
-    synthesize({front: ("111", 64, 48, False), wrist: ("222", 64, 48, False)}, 30)
-    cams = tmp_path / "cams.yaml"
-    cams.write_text(yaml.safe_dump({"realsense": {"cameras": [
-        {"name": n, "serial": s, "playback_file": f, "playback_loop": True, "crop": [8, 0, 48, 48],
-         "resize": [32, 32]} for n, s, f in (("front", "111", front), ("wrist", "222", wrist))]}}))
-    fr3 = tmp_path / "fr3.yaml"
-    fr3.write_text(yaml.safe_dump({"franka_libfranka": {
-        "hostname": servers.HOST, "realtime": False, "home_dynamics_factor": 1.0,
-        "extra_pythonpath": [str(servers.provisioned(provision.franky_client))]}}))
-    safety = tmp_path / "safety.yaml"
-    safety.write_text(yaml.safe_dump({"safety": {"pos_min": [0.2, -0.3, 0.2], "pos_max": [0.6, 0.3, 0.6],
-                                                 "nominal_quat": [0.0, 1.0, 0.0, 0.0]}}))
+    cams, fr3, safety = _cell_files(tmp_path, 32)
     data = tmp_path / "data"
     term = ProcessTerminal([sys.executable, "-m", "robot_server.launch_graph", "teleop_collection", "cell:=real",
                             "robot:=fr3", f"backend_config:={fr3}", f"camera_config:={cams}",
@@ -168,7 +167,6 @@ def test_real_cell_teleop_collection_records_episodes_that_validate(franky_sim, 
 
 
 def _real_rl_session(tmp_path, recorded, fr3, cams, safety, rl_cfg):
-    import os
     from pty_process import ProcessTerminal
     return ProcessTerminal([sys.executable, "-m", "robot_server.launch_graph", "rl_session", "cell:=real",
                             "robot:=fr3", f"backend_config:={fr3}", f"camera_config:={cams}",
@@ -196,7 +194,6 @@ def test_real_cell_rl_session_keys_sigkill_resume_harvest_handback(franky_sim, t
     import json
     import signal as sig
     import subprocess as sp
-    from realsense_recordings import synthesize
     from teleop.dataset import validate_dataset
 
     recorded = tmp_path / "recorded"
@@ -204,20 +201,7 @@ def test_real_cell_rl_session_keys_sigkill_resume_harvest_handback(franky_sim, t
                    "2", "--tasks", "press_button", "--workers", "1", "--image-size", "128", "--no-progress"],
                   capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    front, wrist = str(tmp_path / "front.db3"), str(tmp_path / "wrist.db3")
-    synthesize({front: ("111", 64, 48, False), wrist: ("222", 64, 48, False)}, 30)
-    cams = tmp_path / "cams.yaml"
-    cams.write_text(yaml.safe_dump({"realsense": {"cameras": [
-        {"name": n, "serial": s, "playback_file": f, "playback_loop": True, "crop": [8, 0, 48, 48],
-         "resize": [128, 128], "stamps": "host"}  # the recordings' device clock is an hour off on purpose
-        for n, s, f in (("front", "111", front), ("wrist", "222", wrist))]}}))
-    fr3 = tmp_path / "fr3.yaml"
-    fr3.write_text(yaml.safe_dump({"franka_libfranka": {
-        "hostname": servers.HOST, "realtime": False, "home_dynamics_factor": 1.0,
-        "extra_pythonpath": [str(servers.provisioned(provision.franky_client))]}}))
-    safety = tmp_path / "safety.yaml"
-    safety.write_text(yaml.safe_dump({"safety": {"pos_min": [0.2, -0.3, 0.2], "pos_max": [0.6, 0.3, 0.6],
-                                                 "nominal_quat": [0.0, 1.0, 0.0, 0.0]}}))
+    cams, fr3, safety = _cell_files(tmp_path, 128, stamps="host")  # the recordings' clock is an hour off
     from rl_helpers import SMALL_SAC
     rl_cfg = tmp_path / "rl.yaml"
     rl_cfg.write_text(yaml.safe_dump({"session": {"sac": SMALL_SAC}}))
