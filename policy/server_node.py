@@ -37,7 +37,7 @@ import rclpy
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.context import Context
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rcl_interfaces.msg import SetParametersResult
@@ -53,7 +53,7 @@ from policy.server_core import LatentRecord, Outcome, PolicyServerConfig, Policy
 from robot_server import ros_interface as ri
 from robot_server.client import RobotClient, image_to_array
 from robot_server.robot_node import stamp_msg
-from robot_server.ros_main import init_with_stop_event
+from robot_server.ros_main import SteadyMultiThreadedExecutor, init_with_stop_event
 
 LOG = logging.getLogger("policy.server_node")
 FEEDBACK_PERIOD_S = 0.2
@@ -392,7 +392,7 @@ def main(args: Optional[list[str]] = None) -> int:
         except (ValueError, FileNotFoundError) as e:
             print(f"policy_server: {e}", file=sys.stderr)
             return 2
-        executor = MultiThreadedExecutor()
+        executor = SteadyMultiThreadedExecutor()
         executor.add_node(node)
         while not stop.is_set():
             executor.spin_once(timeout_sec=0.1)

@@ -15,6 +15,7 @@ which the learner deduplicates), then RL episodes. Delivery and reconnection: rl
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -31,12 +32,12 @@ from sim_twin import seeds
 # ---------------------------------------------------------------------------------------------- ROS node
 def main(argv: Optional[list[str]] = None) -> int:
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
     from rclpy.node import Node
     from rclpy.qos_event import SubscriptionEventCallbacks
     from std_srvs.srv import Trigger
 
-    from robot_server.ros_main import init_with_stop_event
+    from robot_server.ros_main import SteadyMultiThreadedExecutor, init_with_stop_event
 
     stop = init_with_stop_event(argv)
     from irevla_interfaces.msg import Blob
@@ -68,6 +69,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "auto_reset": node.declare_parameter("auto_reset", True).value,
         "image_size": node.declare_parameter("image_size", 0).value,
         "intervention_device": node.declare_parameter("intervention_device", "").value,  # spacemouse | keyboard
+        "teleop_config": node.declare_parameter("teleop_config", "").value,
         "console": node.declare_parameter("console", "auto").value,  # operator keys in this terminal (robot mode)
         "minutes": node.declare_parameter("minutes", 0.0).value,  # session budget (0: until stopped)
         "harvest": node.declare_parameter("harvest", True).value,  # successful episodes -> out_dir/harvest
@@ -195,9 +197,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if p["intervention_device"]:
         from rl_agent.interventions import InterventionConfig, make_interventions
         from teleop.controller import TeleopConfig
-        interventions = make_interventions(InterventionConfig(enabled=True,
-                                                              teleop=TeleopConfig(device=p["intervention_device"])))
         try:
+            teleop = TeleopConfig.from_yaml(p["teleop_config"]) if p["teleop_config"] else TeleopConfig()
+            teleop = dataclasses.replace(teleop, device=p["intervention_device"])
+            interventions = make_interventions(InterventionConfig(enabled=True, teleop=teleop))
             interventions.open()
         except Exception as exc:  # teleop.devices.DeviceError: no SpaceMouse, no terminal
             logger.error(f"rl_actor: intervention device {p['intervention_device']!r}: {exc}")
@@ -207,7 +210,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 2
     runner = EpisodeRunner(env, reward, interventions, agent.prepare_observations)
     from rl_agent.operator_console import SessionStatus, open_console
+    from rl_agent.session_log import EpisodeLog
     session = SessionStatus()
+    elog = EpisodeLog(out, p["task"])  # episodes.jsonl, tb/, success_rate.png, summary.json
     t_end = time.monotonic() + 60.0 * float(p["minutes"]) if float(p["minutes"]) > 0 else None
 
     def status() -> SessionStatus:
@@ -228,8 +233,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     if console is not None and isinstance(env, RosLatentEnv):
         env.console = console
+    if console is not None and interventions is not None:  # the device's start / pause buttons
+        interventions.on_events = console.handle_events
+        if isinstance(env, RosLatentEnv):
+            env.poll_while_waiting = lambda: console.handle_events(interventions.poll_events())
 
-    executor = MultiThreadedExecutor(num_threads=3)
+    executor = SteadyMultiThreadedExecutor(num_threads=3)
     executor.add_node(node)
     spinner = threading.Thread(target=lambda: _spin(executor, stop), name="rl_actor_spin", daemon=True)
     spinner.start()
@@ -244,7 +253,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         session.demos += send_demos(core, runner, encoder, out, int(p["demos"]), p["demo_source"], int(p["seed"]),
                                     send, stop, logger.info, harvest=harvest)
         builder = tp.ChunkBuilder(int(p["chunk_steps"]))
-        ep = 0
+        ep = len(elog.episodes)  # a restarted actor goes on from its episode log
+        session.episode, session.finished, session.successes = ep, ep, sum(elog.successes)
         while not stop.is_set() and (int(p["max_episodes"]) <= 0 or ep < int(p["max_episodes"])) \
                 and (t_end is None or time.monotonic() < t_end):
             t_next = [time.monotonic()]
@@ -276,6 +286,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             core.episodes = ep
             session.episode, session.finished = ep + 1, ep
             session.successes += int(res.trace.success)
+            elog.add(res.trace.success, len(res.actions), res.trace.interventions, core.params_version,
+                     res.trace.ended_by or "")
             how = f"success ({res.trace.ended_by})" if res.trace.success else "failure"
             took = f", {res.trace.interventions} intervention(s)" if interventions is not None else ""
             logger.info(f"actor: episode {ep}: {how} in {len(res.actions)} steps (params v{core.params_version}, "
@@ -296,6 +308,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             console.close()
         if harvest is not None:
             harvest.close()
+        elog.close(demos=session.demos, transitions_sent=core.env_steps, params_version=core.params_version,
+                   harvest_dir=str(out / "harvest") if harvest is not None else None)
         if interventions is not None:
             interventions.close()
         executor.shutdown(timeout_sec=2)

@@ -38,6 +38,7 @@ class Interventions:
         self.segments = 0  # takeovers this episode
         self.total_steps = 0
         self._active = False
+        self.on_events = None  # called with this step's events (the operator console: a pause button)
 
     def open(self) -> "Interventions":
         self.teleop.open()
@@ -69,7 +70,13 @@ class Interventions:
             if not self._active:
                 self.segments += 1
         self._active = intervened
+        if cmd.events and self.on_events is not None:
+            self.on_events(tuple(cmd.events))
         return np.clip(action, -1.0, 1.0).astype(np.float32), intervened, tuple(cmd.events)
+
+    def poll_events(self) -> tuple[str, ...]:
+        """The device's button / key events while no episode runs (the arm holds: its motion is not used)."""
+        return tuple(self.teleop.step().events)
 
 
 def make_interventions(cfg: InterventionConfig, device: Optional[Any] = None) -> Optional[Interventions]:

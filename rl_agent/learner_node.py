@@ -25,7 +25,7 @@ from rl_agent import transport as tp
 # Shared with the actor node through the library (re-exported here for older callers).
 from rl_agent.agent_setup import (actor_params_of, build_agent, load_head, load_sac_overrides,  # noqa: F401
                                   with_actor_params)
-from rl_agent.checkpoints import CheckpointStore, read_learner_files, write_learner_files
+from rl_agent.checkpoints import CheckpointStore, atomic_write_text, read_learner_files, write_learner_files
 
 
 @dataclass
@@ -146,6 +146,25 @@ class LearnerCore:
         self._ckpt_at = (time.monotonic(), self.updates)
         return path
 
+    def scalar_info(self) -> dict:
+        """The last update's losses and the like, as plain floats (for TensorBoard)."""
+        out = {}
+        for k, v in (self.last_info or {}).items():
+            try:
+                out[k] = float(np.mean(np.asarray(v, dtype=float)))
+            except (TypeError, ValueError):
+                pass
+        return out
+
+    def write_summary(self, learner_id: str = "") -> dict:
+        """out_dir/summary.json: what the learner did (a resumed run continues the counts from its checkpoint)."""
+        doc = {"learner_id": learner_id, "updates": self.updates, "params_version": self.params_version,
+               "online": len(self.online), "demo": len(self.demo), "received": dict(self.received),
+               "rejected": self.rejected, "last_update": self.scalar_info(), "time": time.time()}
+        if self.store is not None:
+            atomic_write_text(self.store.root.parent / "summary.json", json.dumps(doc, indent=1))
+        return doc
+
     def restore(self) -> bool:
         path = self.store.latest() if self.store is not None else None
         if path is None:
@@ -164,11 +183,11 @@ class LearnerCore:
 # ---------------------------------------------------------------------------------------------- ROS node
 def main(argv: Optional[list[str]] = None) -> int:
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
     from rclpy.node import Node
     from rclpy.qos_event import SubscriptionEventCallbacks
 
-    from robot_server.ros_main import init_with_stop_event
+    from robot_server.ros_main import SteadyMultiThreadedExecutor, init_with_stop_event
 
     stop = init_with_stop_event(argv)
     from irevla_interfaces.msg import Blob
@@ -264,9 +283,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     node.create_timer(float(p["heartbeat_period_s"]), heartbeat)
 
+    from rl_agent.session_log import TensorBoard
+    tb = TensorBoard(Path(p["out_dir"]), purge_step=core.updates)  # steps: updates (a resumed run replays none)
+
     def train_loop() -> None:
-        last_report = time.monotonic()
-        u0 = core.updates
+        last_report = last_tb = time.monotonic()
+        u0 = tb_u0 = core.updates
         while not stop.is_set():
             while inbox_msgs:
                 m = inbox_msgs.popleft()
@@ -282,6 +304,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                 core.save_checkpoint()
                 handback()
             now = time.monotonic()
+            if now - last_tb >= 2.0:
+                tb.scalars(core.updates, {**{f"learner/{k}": v for k, v in core.scalar_info().items()},
+                                          "buffer/online": len(core.online), "buffer/demo": len(core.demo),
+                                          "perf/updates_per_s": (core.updates - tb_u0) / (now - last_tb),
+                                          "learner/params_version": core.params_version})
+                last_tb, tb_u0 = now, core.updates
             if now - last_report >= 10.0:
                 log(f"learner: {core.updates} updates ({(core.updates - u0) / (now - last_report):.1f}/s), params "
                     f"v{core.params_version}, online {len(core.online)}, demo {len(core.demo)}, "
@@ -306,7 +334,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             node.get_logger().error(f"learner: hand-back failed: {type(exc).__name__}: {exc}")
 
     trainer = threading.Thread(target=train_loop, name="rl_learner_train", daemon=True)
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = SteadyMultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     log(f"rl_learner {learner_id}: up; latents {core.latent_shape}, batch {core.batch_size}, push every "
         f"{cfg.push_every} updates")
@@ -323,8 +351,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             core.save_checkpoint()
             if core.updates > 0:
                 handback()
+            core.write_summary(learner_id)
         except Exception as exc:  # a failed final checkpoint must not hide the shutdown
             print(f"rl_learner: final checkpoint failed: {exc}")
+        tb.close()
         executor.shutdown(timeout_sec=2)
         node.destroy_node()
         rclpy.try_shutdown()

@@ -4,9 +4,11 @@ when the scene needs a person, and one status line redrawn in place.
     [s] success   [f] failure   [r] / [enter] scene is reset: start   [p] pause / resume   [h] help
 
 Keys do what the ROS services /irevla/rl/mark_success, mark_failure and start_episode do (both stay available);
-SpaceMouse buttons can send the same success / failure events (teleop `buttons: [close, open, event:success,
-event:failure]`). The console reads the terminal at its lowest layer (teleop.devices.KeyboardDevice); everything
-above it is plain Python, so a pty drives it in tests exactly as a person does.
+SpaceMouse buttons do the same (the intervention device's teleop config, e.g. `buttons: [close, open, event:success,
+event:failure, event:start, event:pause]`): success / failure reach the reward with the step's events, start and
+pause come here, also between episodes and without a terminal. The console reads the terminal at its lowest layer
+(teleop.devices.KeyboardDevice); everything above it is plain Python, so a pty drives it in tests exactly as a
+person does.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 KEYS = {"s": "success", "f": "failure", "r": "start", "enter": "start", "p": "pause", "h": "help", "?": "help"}
+# Device button events handled here; "success" / "failure" reach the reward with the step (rl_agent.rewards).
+BUTTON_EVENTS = ("start", "pause", "help")
 HELP = "keys: [s] success  [f] failure  [r]/[enter] scene is reset: start  [p] pause/resume  [h] help"
 
 
@@ -69,7 +73,15 @@ class OperatorConsole:
 
     def handle(self, key: str) -> Optional[str]:
         """One key -> its action; returns the action name (None for an unbound key)."""
-        action = KEYS.get(key.lower() if len(key) == 1 else key)
+        return self.do(KEYS.get(key.lower() if len(key) == 1 else key))
+
+    def handle_events(self, events) -> None:
+        """Button events of the intervention device (teleop `event:start`, `event:pause`, `event:help`)."""
+        for event in events:
+            if event in BUTTON_EVENTS:
+                self.do(event)
+
+    def do(self, action: Optional[str]) -> Optional[str]:
         if action == "success" or action == "failure":
             self.on_mark(action == "success")
             self.view.print_lines([f"operator: {action}"])
@@ -89,7 +101,7 @@ class OperatorConsole:
         return action
 
     def poll(self) -> None:
-        for key in self.keyboard.read().keys:
+        for key in (self.keyboard.read().keys if self.keyboard is not None else ()):
             self.handle(key)
         self.view.set_status(status_line(self.status(), self.paused))
 
@@ -121,14 +133,32 @@ class OperatorConsole:
         self._running.set()
         if self._thread is not None:
             self._thread.join(2.0)
-        self.keyboard.close()
+        if self.keyboard is not None:
+            self.keyboard.close()
         self.view.close()
+
+
+class LogView:
+    """The console's output without a terminal: its lines go to the log, no status line."""
+
+    def __init__(self, log=print):
+        self.log = log
+
+    def print_lines(self, lines) -> None:
+        for line in lines:
+            self.log(line)
+
+    def set_status(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def open_console(setting: str, mode: str, intervention_device: str, on_mark, on_start, status,
                  log=print) -> Optional[OperatorConsole]:
     """The console for the actor's terminal, or None. setting: auto (on in robot mode with a terminal on stdin),
-    on (a terminal is required), off."""
+    on (a terminal is required), off. Without a terminal a SpaceMouse still gets a console (its buttons, no keys)."""
     import os
     import sys
     if setting not in ("auto", "on", "off"):
@@ -146,6 +176,11 @@ def open_console(setting: str, mode: str, intervention_device: str, on_mark, on_
     except (DeviceError, OSError, ValueError) as exc:
         if setting == "on":
             raise
+        if intervention_device == "spacemouse":
+            log(f"operator console: no terminal ({exc}); the SpaceMouse buttons and the services remain")
+            console = OperatorConsole(None, LogView(log), on_mark, on_start, status)
+            console.start()
+            return console
         log(f"operator console off ({exc}); the services /irevla/rl/mark_success, mark_failure and start_episode "
             "remain")
         return None

@@ -34,6 +34,7 @@ class RosLatentEnv:
         # by the latent's stamp) and the robot state, as the recorder stores them.
         self.keep_images, self.cameras = bool(keep_images), tuple(cameras)
         self.client = RobotClient(node, self.cameras if self.keep_images else (), history=10, joints=self.keep_images)
+        self.frame_wait_s = 1.0
         self.trace = None
         self.task, self.category = "", ""
         self._cv = threading.Condition()
@@ -44,6 +45,7 @@ class RosLatentEnv:
         self._steps = 0
         self._last_id = -1
         self.console = None  # rl_agent.operator_console.OperatorConsole: prompts and pause
+        self.poll_while_waiting = None  # called while the operator resets the scene (reads the device's buttons)
         self.waiting_for_reset = False
 
     def start_episode(self) -> None:
@@ -95,9 +97,11 @@ class RosLatentEnv:
                 self.console.prompt("reset the scene, then press [r] (or call /irevla/rl/start_episode)")
             else:
                 self.log(f"actor: reset the scene, then call {tp.NS}/start_episode (std_srvs/Trigger)")
-            while not self._start.wait(0.2):
+            while not self._start.wait(0.05 if self.poll_while_waiting else 0.2):
                 if self.stop.is_set():
                     raise InterruptedError("stopping")
+                if self.poll_while_waiting is not None:  # the SpaceMouse's start / pause buttons
+                    self.poll_while_waiting()
             self.waiting_for_reset = False
         obs, instruction = self._next_obs(after=time.monotonic())  # a frame of the reset scene
         self._steps = 0
@@ -115,9 +119,17 @@ class RosLatentEnv:
             self._frames_ok = True
         if not self._frames_ok:
             return
-        images = {c: self.client.image_near(c, self._obs_stamp) for c in self.cameras}
-        robot = self.client.record()
-        if robot is None or any(v is None for v in images.values()):
+        # The latents can arrive before this node's own copy of their frames (separate DDS streams; the first
+        # frames of a fresh subscription): wait up to a few camera periods for them.
+        deadline = time.monotonic() + self.frame_wait_s
+        while True:
+            images = {c: self.client.image_near(c, self._obs_stamp) for c in self.cameras}
+            robot = self.client.record()
+            complete = robot is not None and all(v is not None for v in images.values())
+            if complete or time.monotonic() >= deadline or self.stop.is_set():
+                break
+            time.sleep(0.02)
+        if not complete:
             self.trace.images, self.trace.robot, self._frames_ok = [], [], False
             self.log(f"actor: no frames for the latents of step {self._steps}: this episode is not harvested")
             return

@@ -14,6 +14,7 @@ import numpy as np
 
 from rl_agent.checkpoints import atomic_write_text
 from rl_agent.harvest import relabel_with_policy_mean
+from rl_agent.session_log import plot_success
 
 
 def _fmt_s(s: float) -> str:
@@ -106,31 +107,10 @@ class SessionOutputs:
             tb.add_scalar(f"learner/{k}", float(np.mean(v)), step)
 
     def _plot(self) -> Optional[Path]:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         st = self.state
-        succ = np.asarray(st["successes"], float)
-        fig, ax = plt.subplots(figsize=(7, 4))
-        if succ.size:
-            ep = np.arange(1, succ.size + 1)
-            roll = np.array([succ[max(0, i - 19):i + 1].mean() for i in range(succ.size)])
-            ax.plot(ep, succ, ".", color="0.7", label="episode success")
-            ax.plot(ep, roll, "-", color="C0", lw=2, label="success over the last 20 episodes")
-        for key, color in (("before", "C3"), ("after", "C2")):
-            r = st["eval"].get(key, {}).get("success_rate")
-            if r is not None:
-                ax.axhline(r, color=color, ls="--", label=f"deterministic eval {key}: {r:.2f}")
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_xlabel("training episode")
-        ax.set_ylabel("success")
-        ax.set_title(f"stage 1 RL on {self.cfg.task}")
-        ax.legend(loc="lower right", fontsize=8)
-        fig.tight_layout()
-        path = self.out / "success_rate.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+        lines = {f"deterministic eval {key}": st["eval"][key]["success_rate"] for key in ("before", "after")
+                 if st["eval"].get(key, {}).get("success_rate") is not None}
+        return plot_success(st["successes"], self.out / "success_rate.png", f"stage 1 RL on {self.cfg.task}", lines)
 
     def _summary(self, head_dir: Path) -> dict:
         st = self.state

@@ -50,7 +50,7 @@ def check_task(task: str, registry=None):
 
 def run_demo(task: str, episodes: int, seed: int, noise: float, log=print) -> list[dict]:
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from robot_server.ros_main import SteadyMultiThreadedExecutor
 
     from robot_server.client import RobotClient
     from robot_server.contract import DEFAULT_CONTRACT
@@ -70,7 +70,7 @@ def run_demo(task: str, episodes: int, seed: int, noise: float, log=print) -> li
     rclpy.init(context=ctx)
     node = rclpy.create_node("irevla_demo", context=ctx)
     client = RobotClient(node, cameras=("front", "wrist"))
-    executor = MultiThreadedExecutor(context=ctx)
+    executor = SteadyMultiThreadedExecutor(context=ctx)
     executor.add_node(node)
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()

@@ -192,11 +192,12 @@ def run_graph(graph: Graph, overrides: dict[str, str], log=print) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    env = {"PYTHONFAULTHANDLER": "1", **os.environ}  # a node that crashes in native code prints its Python stack
     try:
         for s in specs:
             cmd = [executable_path(s.executable), *ros_args(s)]
             log(f"[launch] {s.name or s.executable}: {' '.join(cmd)}")
-            procs.append((s, subprocess.Popen(cmd)))
+            procs.append((s, subprocess.Popen(cmd, env=env)))
         rc = 0
         while not stop["flag"]:
             for s, p in procs:

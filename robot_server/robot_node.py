@@ -16,7 +16,7 @@ import rclpy
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.context import Context
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.time import Time
@@ -29,7 +29,7 @@ from robot_server.backends.base import RobotBackend, RobotState
 from robot_server.cell_frames import tcp_transform
 from robot_server.config import check_backend_home, load_safety_config, resolve_config
 from robot_server.server_core import RobotServerCore
-from robot_server.ros_main import init_with_stop_event
+from robot_server.ros_main import SteadyMultiThreadedExecutor, init_with_stop_event
 
 LOG = logging.getLogger("robot_server.robot_node")
 
@@ -270,7 +270,7 @@ def main(args: Optional[list[str]] = None) -> int:
     node = None
     try:
         node = RobotNode()
-        executor = MultiThreadedExecutor()
+        executor = SteadyMultiThreadedExecutor()
         executor.add_node(node)
         while not stop.is_set():
             executor.spin_once(timeout_sec=0.1)

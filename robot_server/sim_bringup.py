@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Optional
 
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.parameter import Parameter
 
 from robot_server.camera_node import CameraNode
 from robot_server.robot_node import RobotNode
-from robot_server.ros_main import init_with_stop_event
+from robot_server.ros_main import SteadyMultiThreadedExecutor, init_with_stop_event
 
 if TYPE_CHECKING:  # imported where used: mujoco must not load before main() picks its GL backend
     from robot_server.backends.sim import SimTwinBackend
@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # imported where used: mujoco must not load before main() pic
 class SimBringup:
     robot: RobotNode
     camera: CameraNode
-    executor: Optional[MultiThreadedExecutor]
+    executor: Optional[SteadyMultiThreadedExecutor]
 
     def shutdown(self) -> None:
         self.camera.stop()  # capture thread first: it renders from the backend the robot node owns
@@ -54,7 +54,7 @@ def build(context: Optional[Context] = None, robot_params: Optional[list[Paramet
     camera = CameraNode(SimCameraSource(robot.backend), context=context, parameter_overrides=camera_params)
     executor = None
     if make_executor:
-        executor = MultiThreadedExecutor(context=context)
+        executor = SteadyMultiThreadedExecutor(context=context)
         executor.add_node(robot)
         executor.add_node(camera)
     return SimBringup(robot, camera, executor)

@@ -37,7 +37,7 @@ import rclpy
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.context import Context
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, JointState
@@ -48,7 +48,7 @@ from robot_server import ros_interface as ri
 from robot_server.client import image_to_array
 from teleop.episode_format import CameraConfig
 from teleop.recorder import EpisodeRecorder, RecorderConfig, RecorderError
-from robot_server.ros_main import init_with_stop_event
+from robot_server.ros_main import SteadyMultiThreadedExecutor, init_with_stop_event
 
 LOG_THROTTLE_S = 1.0
 STALL_POLICIES = ("keep", "discard")
@@ -299,7 +299,7 @@ def main(args: Optional[list[str]] = None) -> int:
     node = None
     try:
         node = RecorderNode()
-        executor = MultiThreadedExecutor()
+        executor = SteadyMultiThreadedExecutor()
         executor.add_node(node)
         while not stop.is_set() and not node.quit_requested:
             executor.spin_once(timeout_sec=0.1)

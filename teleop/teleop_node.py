@@ -39,7 +39,7 @@ import rclpy
 from rcl_interfaces.srv import SetParameters
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.context import Context
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
@@ -47,7 +47,7 @@ from std_srvs.srv import Trigger
 
 from robot_server import ros_interface as ri
 from robot_server.client import RobotClient
-from robot_server.ros_main import init_with_stop_event
+from robot_server.ros_main import SteadyMultiThreadedExecutor, init_with_stop_event
 from teleop.controller import Teleop, TeleopConfig, make_teleop
 from teleop.devices import DeviceError, KeyboardDevice
 from teleop.mapping import KeyboardMapper
@@ -272,7 +272,7 @@ def main(args: Optional[list[str]] = None) -> int:
         except (DeviceError, ValueError, OSError) as e:
             print(f"teleop_node: cannot use input device: {e}", file=sys.stderr)
             return 2
-        executor = MultiThreadedExecutor()
+        executor = SteadyMultiThreadedExecutor()
         executor.add_node(node)
         while not stop.is_set() and not node.quit_requested:
             executor.spin_once(timeout_sec=0.1)

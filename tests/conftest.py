@@ -71,12 +71,16 @@ def ros_context():
 
 @pytest.fixture
 def spin_thread(ros_context):
-    """``spin_thread(nodes)`` spins the given node(s) on a MultiThreadedExecutor in a daemon thread.
+    """``spin_thread(nodes)`` spins the given node(s) on the nodes' executor (SteadyMultiThreadedExecutor) in a
+    daemon thread.
 
     Returns the executor. At teardown the thread is stopped and joined, the executor shut down and the
     nodes destroyed (before ``ros_context`` shuts down). May be called more than once per test.
+    ``spin_thread.stop_all()`` stops the spinning early (a fixture that must destroy action clients first).
     """
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
+
+    from robot_server.ros_main import SteadyMultiThreadedExecutor
 
     started = []  # (executor, thread, stop_event, nodes)
 
@@ -84,7 +88,7 @@ def spin_thread(ros_context):
         if not isinstance(nodes, (list, tuple)):
             nodes = [nodes]
         context = nodes[0].context if nodes else ros_context
-        executor = MultiThreadedExecutor(num_threads=num_threads, context=context)
+        executor = SteadyMultiThreadedExecutor(num_threads=num_threads, context=context)
         for node in nodes:
             executor.add_node(node)
         stop = threading.Event()
@@ -101,6 +105,12 @@ def spin_thread(ros_context):
         started.append((executor, thread, stop, list(nodes)))
         return executor
 
+    def stop_all():
+        for _, thread, stop, _ in started:
+            stop.set()
+            thread.join(timeout=10)
+
+    start.stop_all = stop_all
     yield start
 
     for executor, thread, stop, nodes in reversed(started):

@@ -7,6 +7,7 @@ import os
 import pty
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +97,76 @@ def test_console_needs_a_terminal_only_when_asked(tmp_path, monkeypatch):
             open_console("maybe", "robot", "", print, print, SessionStatus)
     finally:
         os.close(w)
+
+
+class _ScriptedSpaceMouse:
+    """The SpaceMouse at its lowest layer (the device read): a person pressing buttons, one sample per read."""
+
+    def __init__(self, samples):
+        self.samples = list(samples)
+
+    def open(self):
+        return self
+
+    def read(self):
+        from teleop.devices import SpaceMouseSample
+        return self.samples.pop(0) if self.samples else SpaceMouseSample(time.monotonic())
+
+    def close(self):
+        pass
+
+
+def test_spacemouse_buttons_start_pause_and_mark_without_a_terminal(tmp_path, monkeypatch):
+    """A SpaceMouse with the shipped config/teleop_rl_spacemouse.yaml (buttons: close, open, success, failure, start,
+    pause):
+    between episodes its start button says the scene is reset; during an episode its pause button pauses through
+    the same console as the [p] key, and its success button reaches the operator reward with the step."""
+    import sys
+
+    import numpy as np
+
+    from rl_agent.interventions import InterventionConfig, make_interventions
+    from rl_agent.rewards import OperatorReward
+    from teleop.controller import TeleopConfig
+    from teleop.devices import SpaceMouseSample
+    teleop = TeleopConfig.from_yaml(Path(__file__).resolve().parents[1] / "config" / "teleop_rl_spacemouse.yaml")
+    assert teleop.spacemouse.buttons[2:] == ("event:success", "event:failure", "event:start", "event:pause")
+
+    def press(i):  # button i down for one sample, then up
+        down = [0] * 6
+        down[i] = 1
+        return [SpaceMouseSample(0.0, buttons=tuple(down)), SpaceMouseSample(0.0, buttons=(0,) * 6)]
+
+    device = _ScriptedSpaceMouse(press(4) + press(5) + press(2) + [SpaceMouseSample(0.0, x=0.5)] + press(5))
+    iv = make_interventions(InterventionConfig(enabled=True, teleop=teleop), device=device).open()
+    r, w = os.pipe()  # no terminal: a console of buttons only, its lines in the log
+    monkeypatch.setattr(sys, "stdin", os.fdopen(r))
+    said, starts, marks = [], [], []
+    try:
+        console = open_console("auto", "robot", "spacemouse", marks.append, lambda: starts.append(1), SessionStatus,
+                               said.append)
+    finally:
+        os.close(w)
+    assert console is not None and console.keyboard is None and "SpaceMouse buttons" in said[0]
+    iv.on_events = console.handle_events
+    try:
+        console.handle_events(iv.poll_events())  # between episodes: the start button
+        assert starts == [1]
+        console.handle_events(iv.poll_events())  # button up
+        iv.reset()
+        reward = OperatorReward()
+        a, took, events = iv.filter(np.zeros(7, np.float32))  # the pause button during a step
+        assert console.paused and "operator: paused (the arm holds; [p] resumes)" in said
+        iv.filter(np.zeros(7, np.float32))
+        a, took, events = iv.filter(np.zeros(7, np.float32))  # the success button: to the reward, not the console
+        assert events == ("success",) and marks == []
+        verdict = reward({}, {}, events)
+        assert verdict.success and verdict.end
+        iv.filter(np.zeros(7, np.float32))
+        a, took, _ = iv.filter(np.zeros(7, np.float32))  # motion: the operator takes over
+        assert took and np.abs(a[:6]).max() > 0.3
+        iv.filter(np.zeros(7, np.float32))  # the pause button again: resumed
+        assert not console.paused and "operator: resumed" in said
+    finally:
+        console.close()
+        iv.close()

@@ -355,6 +355,7 @@ def ros_cell(ros_context, spin_thread):
 
     cells = []
     yield start
+    spin_thread.stop_all()  # no spinning over a client being destroyed ("action client pointer is invalid")
     for cell in cells:  # action clients are waitables: destroy_node (in spin_thread's teardown) leaves them
         cell.client.destroy()
 

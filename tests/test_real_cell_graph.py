@@ -189,8 +189,8 @@ def test_real_cell_rl_session_keys_sigkill_resume_harvest_handback(franky_sim, t
     """Algorithm 1's stage 1 on a real cell, exercised against the peers: rl_session cell:=real (FR3 on franky-sim,
     RealSense playback), demos from a recorded episode set, episodes started and marked by keys in a pty, learner
     checkpoints with the RL head handed back into a VLA checkpoint; SIGKILL of the learner ends the graph, the same
-    command resumes it (learner from its checkpoint, actor with its cached demos), and the harvest keeps every
-    success of both runs for stage 2."""
+    command resumes it (learner from its checkpoint, actor with its cached demos), the harvest keeps every
+    success of both runs, and stage 2 trains a checkpoint on it."""
     import json
     import signal as sig
     import subprocess as sp
@@ -241,3 +241,14 @@ def test_real_cell_rl_session_keys_sigkill_resume_harvest_handback(franky_sim, t
     assert rep.ok and rep.n_files == 2, rep.summary() + "\n" + actor_lines[-4000:]  # one success per run
     meta = json.loads((tmp_path / "learner" / "rl_head_ckpt" / "meta.json").read_text())
     assert meta["stage"] == 1 and meta["rl_updates"] > 0
+    # Stage 2 of Algorithm 1 on the robot's data: the recorded expert episodes + the harvest, from the handed-back
+    # checkpoint (LoRA of the VLM + head), as a lab runs it after the session.
+    stage2 = tmp_path / "stage2"
+    proc = sp.run([sys.executable, "-m", "robot_server.cli", "train", "--config", "config/policy_towers.yaml",
+                   "--data", str(recorded), "--data-rl", str(tmp_path / "actor" / "harvest"),
+                   "--checkpoint", str(tmp_path / "learner" / "rl_head_ckpt"), "--out", str(stage2), "--steps", "2",
+                   "--batch-size", "4", "--eval-samples", "0", "--eval-every", "0", "--no-progress"],
+                  capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((stage2 / "final" / "meta.json").read_text())
+    assert out["origin"] == str(tmp_path / "learner" / "rl_head_ckpt") and out["vlm_id"] != meta["vlm_id"]

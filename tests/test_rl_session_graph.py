@@ -50,3 +50,15 @@ def test_operator_runs_a_session_with_keys(tmp_path):
     assert ep.meta["extra"]["source"] == "vla_demo" and ep.meta["task"] == "press_button"
     assert ep.images["front"].shape[1:] == (128, 128, 3) and ep.images["wrist"].shape[1:] == (128, 128, 3)
     assert len(ep.action) >= 3 and ep.images["front"].shape[0] == len(ep.action)
+    # What a person looks at afterwards, as in the in-process session: the actor's episode log, summary, plot and
+    # TensorBoard; the learner's TensorBoard and summary.
+    import json
+    actor, learner = tmp_path / "actor", tmp_path / "learner"
+    episodes = [json.loads(line) for line in (actor / "episodes.jsonl").read_text().splitlines()]
+    assert [(e["episode"], e["success"]) for e in episodes] == [(1, False)], episodes
+    summary = json.loads((actor / "summary.json").read_text())
+    assert summary["episodes"] == 1 and summary["successes"] == 0 and summary["demos"] == 1, summary
+    assert (actor / "success_rate.png").stat().st_size > 1000
+    assert list((actor / "tb").glob("events.out.tfevents.*")) and list((learner / "tb").glob("events.out.tfevents.*"))
+    learned = json.loads((learner / "summary.json").read_text())
+    assert learned["demo"] > 0 and learned["received"]["demos"] >= 1, learned

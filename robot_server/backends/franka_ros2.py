@@ -136,7 +136,7 @@ class FrankaRos2Backend(RobotBackend):
         from geometry_msgs.msg import PoseStamped
         from rclpy.action import ActionClient
         from rclpy.context import Context
-        from rclpy.executors import MultiThreadedExecutor
+        from robot_server.ros_main import SteadyMultiThreadedExecutor
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
         from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import JointState
@@ -162,7 +162,7 @@ class FrankaRos2Backend(RobotBackend):
         self.grasp = ActionClient(self.node, self.m["Grasp"], c.grasp_action)
         self.move = ActionClient(self.node, self.m["Move"], c.move_action)
         self.recovery = ActionClient(self.node, self.m["ErrorRecovery"], c.error_recovery_action)
-        self._executor = MultiThreadedExecutor(num_threads=2, context=self._context)
+        self._executor = SteadyMultiThreadedExecutor(num_threads=2, context=self._context)
         self._executor.add_node(self.node)
         self._spin_stop = threading.Event()
         self._spinner = threading.Thread(target=self._spin, name="franka-ros2-backend", daemon=True)
