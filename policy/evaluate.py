@@ -120,9 +120,9 @@ def run_episode(env, policy: Callable, task: str, seed: int, max_steps: Optional
 
 
 def _make_env(policy: VLAPolicy, cfg: EvalConfig, task: str):
-    from robot_server.gym_env import TwinEnv
-    return TwinEnv(task=task, cameras=tuple(policy.cameras), image_size=cfg.image_size or policy.vla.image_size,
-                   task_files=tuple(cfg.task_files), render_detail=cfg.render_detail)
+    from robot_server.gym_env import make_env
+    return make_env(task, tuple(policy.cameras), cfg.image_size or policy.vla.image_size,
+                    task_files=tuple(cfg.task_files), render_detail=cfg.render_detail)
 
 
 # Per worker process: the policy (loaded once, by _init_worker) and the env (made on the first episode).

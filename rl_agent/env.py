@@ -102,11 +102,11 @@ class LatentEnv:
     def __init__(self, encoder: LatentEncoder, task: str, task_files: Sequence[str] = (),
                  image_size: Optional[int] = None, render_detail: str = "fast", keep_images: bool = True,
                  max_episode_steps: Optional[int] = None, safety_config=None):
-        from robot_server.gym_env import TwinEnv
+        from robot_server.gym_env import make_env
         self.encoder = encoder
         self.image_size = int(image_size or encoder.image_size)
-        self.env = TwinEnv(task=task, cameras=encoder.cameras, image_size=self.image_size,
-                           task_files=tuple(task_files), render_detail=render_detail, safety_config=safety_config)
+        self.env = make_env(task, encoder.cameras, self.image_size, task_files=tuple(task_files),
+                            render_detail=render_detail, safety_config=safety_config)
         self.task = task
         self.keep_images = keep_images
         spec = self.env.twin.registry.get(task)
@@ -156,7 +156,7 @@ class LatentEnv:
     @property
     def safety_stats(self) -> dict:
         """The safety layer's counters (accepted / rejected / clamped / holds / homes and rejections by reason)."""
-        return self.env.core.safety.stats
+        return self.env.safety_stats
 
     def step(self, action, intervened: bool = False) -> tuple[dict, float, bool, bool, dict]:
         """One contract step. The action goes to the safety layer as given (no clipping here): out-of-range,

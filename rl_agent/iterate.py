@@ -34,13 +34,14 @@ VARIANTS = ("irevla", "freeze", "sft_only", "ppo_replay")
 
 @dataclass
 class ExpertSetConfig:
-    path: Optional[str] = None  # an existing expert set; None: <run>/expert (collected there when missing)
+    path: Optional[str] = None  # where the expert set is (collected there when it has none); None: <run>/expert
     episodes_per_task: int = 5
     tasks: list[str] = field(default_factory=list)  # empty: every task of category "expert"
     image_size: int = 128  # the default model's input size (no resize)
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
     noise: float = 0.1
     workers: int = 2
+    task_files: list[str] = field(default_factory=list)  # set from IterateConfig.task_files
 
 
 @dataclass
@@ -63,13 +64,32 @@ class IterateConfig:
     expert: ExpertSetConfig = field(default_factory=ExpertSetConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     evaluate_stage0: bool = True
+    evaluate_each_task: bool = True  # false: only after the last curriculum task (long evaluations, Table I)
     seed: int = 0
+    # Task files the whole run uses (a path, or a shipped name: [metaworld]). With them the run stays on their
+    # tasks: the expert set is their expert tasks, the evaluation their tasks, every cell reads them.
+    task_files: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if not 0.0 <= self.stage2_rl_weight < 1.0:
             raise ValueError("stage2_rl_weight must be in [0, 1)")
+
+    def apply_task_files(self) -> None:
+        """Hand `task_files` to every part of the run (expert collection, RL sessions, PPO, evaluation)."""
+        if not self.task_files:
+            return
+        from sim_twin.tasks.registry import TaskRegistry
+        files = list(self.task_files)
+        self.expert.task_files = files
+        self.evaluation.task_files = list(dict.fromkeys([*files, *self.evaluation.task_files]))
+        if not self.evaluation.tasks:
+            self.evaluation.tasks = list(TaskRegistry.load(extra_files=files, include_default=False).tasks)
+        env = dict(self.session.get("env") or {})
+        env["task_files"] = list(dict.fromkeys([*files, *env.get("task_files", [])]))
+        self.session["env"] = env
+        self.ppo = {**self.ppo, "task_files": files}
 
 
 def _repo_path(p: str) -> Path:
@@ -109,15 +129,14 @@ def ensure_expert_set(cfg: ExpertSetConfig, run_dir: Path, log=_say) -> Path:
     if n > 0:
         log(f"expert set: {path} ({n} successful episodes)")
         return path
-    if cfg.path:
-        raise FileNotFoundError(f"expert set {path} has no successful episodes")
     from sim_twin.tasks.registry import TaskRegistry
     from teleop import collect
-    tasks = cfg.tasks or [n for n, t in TaskRegistry.load().tasks.items() if t.category == "expert"]
+    reg = TaskRegistry.load(extra_files=cfg.task_files, include_default=not cfg.task_files)
+    tasks = cfg.tasks or [n for n, t in reg.tasks.items() if t.category == "expert"]
     log(f"expert set: collecting {cfg.episodes_per_task} scripted episodes x {len(tasks)} tasks into {path}")
     argv = ["--out", str(path), "--episodes-per-task", str(cfg.episodes_per_task), "--tasks", *tasks,
             "--workers", str(cfg.workers), "--image-size", str(cfg.image_size), "--noise", str(cfg.noise),
-            "--cameras", *cfg.cameras]
+            "--cameras", *cfg.cameras, *[a for f in cfg.task_files for a in ("--task-file", f)]]
     rc = collect.main(argv)
     if rc:
         raise RuntimeError(f"expert collection failed (exit {rc})")
@@ -160,7 +179,8 @@ def stage1(cfg: IterateConfig, run_dir: Path, ckpt: str, task: str) -> dict:
         import yaml
         doc = yaml.safe_load(_repo_path(cfg.session_config).read_text()) or {}
         base = dict(doc.get("session", doc))
-    base.update(cfg.session)
+    for k, v in cfg.session.items():  # sections merge key by key (env: task_files keeps env: image_size)
+        base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
     base["task"] = task
     scfg = SessionConfig.from_dict(base)
     out = run_dir / "tasks" / task / "rl"
@@ -234,6 +254,7 @@ def _has_successes(path: Optional[str]) -> bool:
 def run_iterate(cfg: IterateConfig, run_dir: Path) -> list[EvalReport]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.apply_task_files()
     (run_dir / "iterate_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     state = RunState(run_dir)
     expert = ensure_expert_set(cfg.expert, run_dir)
@@ -269,7 +290,8 @@ def run_iterate(cfg: IterateConfig, run_dir: Path) -> list[EvalReport]:
                 else:
                     _say(f"stage 2 skipped: the RL session on {task} harvested no successful episode")
                 state.set(f"task:{task}", ckpt)
-            reports.append(evaluate_stage(cfg, run_dir, ckpt, f"after_{task}", state))
+            if cfg.evaluate_each_task or task == cfg.curriculum[-1]:
+                reports.append(evaluate_stage(cfg, run_dir, ckpt, f"after_{task}", state))
     write_results(reports, run_dir, cfg)
     return reports
 
@@ -338,6 +360,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.seeds:
         from policy.evaluate import parse_seeds
         cfg.evaluation.seeds = parse_seeds(args.seeds)
+    cfg.apply_task_files()
     check_inputs(cfg)
     reports = run_iterate(cfg, Path(args.out))
     print(markdown_table(reports, "category"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -45,6 +45,7 @@ class PPOConfig:
     image_size: Optional[int] = None  # None: the VLA's input size
     seed: int = 0
     backbone_training: str = "lora"  # the full VLA trains ("lora" on a pretrained backbone, "full" on a tiny one)
+    task_files: list[str] = field(default_factory=list)  # extra task registries (e.g. metaworld)
 
 
 class PPOModel(nn.Module):
@@ -109,7 +110,7 @@ def run_ppo(checkpoint: str, task: str, cfg: PPOConfig, out_dir: Path, progress:
     from tqdm import tqdm
 
     from policy.model import load_vla
-    from robot_server.gym_env import TwinEnv
+    from robot_server.gym_env import make_env
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -120,7 +121,7 @@ def run_ppo(checkpoint: str, task: str, cfg: PPOConfig, out_dir: Path, progress:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     cameras = list(vla.cfg.cameras)
-    env = TwinEnv(task=task, cameras=tuple(cameras), image_size=cfg.image_size or vla.image_size)
+    env = make_env(task, tuple(cameras), cfg.image_size or vla.image_size, task_files=tuple(cfg.task_files))
     log, t0 = [], time.perf_counter()
     bar = tqdm(range(cfg.iterations), desc=f"PPO {task}", unit="it", disable=not progress, file=sys.stdout)
     try:

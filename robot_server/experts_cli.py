@@ -10,8 +10,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 
 def run_task(task: str, seeds: list[int], noise: float, task_files: tuple[str, ...] = ()) -> dict:
-    from robot_server.gym_env import TwinEnv
-    env = TwinEnv(task=task, render_images=False, task_files=task_files)
+    from robot_server.gym_env import make_env
+    env = make_env(task, render_images=False, task_files=task_files)
     ok, steps, t0 = 0, 0, time.perf_counter()
     lengths = []
     for seed in seeds:
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--episodes and --workers must be >= 1")
     from sim_twin.tasks.registry import TaskRegistry
     registry = TaskRegistry.load(args.task_file)
-    tasks = args.tasks or list(registry.tasks)
+    shipped_only = TaskRegistry.load(args.task_file, include_default=False) if args.task_file else registry
+    tasks = args.tasks or list(shipped_only.tasks)  # with --task-file: that file's tasks
     unknown = [t for t in tasks if t not in registry.tasks]
     if unknown:  # here, not as a traceback from a worker process
         raise UsageError(f"unknown task(s) {unknown}; known: {sorted(registry.tasks)}")

@@ -79,6 +79,10 @@ class TwinEnv(gym.Env):
     def render(self):
         return self.twin.render(self.cameras[0])
 
+    @property
+    def safety_stats(self) -> dict:
+        return self.core.safety.stats
+
     def close(self):
         self.backend.close()
 
@@ -108,6 +112,24 @@ class TwinEnv(gym.Env):
         if decision is not None and not decision.accepted:
             info["rejected"] = decision.reason
         return info
+
+
+def make_env(task: str, cameras: tuple[str, ...] = ("front", "wrist"), image_size: int = 224,
+             task_files: tuple[str, ...] = (), **kwargs):
+    """The cell a registry task runs in: the twin (TwinEnv), or MetaWorld for `skill: metaworld` tasks
+    (robot_server/metaworld_env.py; the optional MetaWorld install). Both take the contract and give the same
+    observations; keyword arguments one cell does not have (clutter, safety_config, server_rate_hz for the twin)
+    must keep their defaults for the other."""
+    from sim_twin.tasks.registry import TaskRegistry
+    registry = TaskRegistry.load(extra_files=tuple(task_files))
+    if registry.get(task).skill == "metaworld":
+        from robot_server.metaworld_env import MetaWorldEnv
+        unsupported = {k: v for k, v in kwargs.items() if k in ("clutter", "safety_config", "server_rate_hz") and v}
+        if unsupported:
+            raise ValueError(f"task {task!r} runs in the MetaWorld cell, which has no {sorted(unsupported)}")
+        keep = {k: v for k, v in kwargs.items() if k in ("render_images", "render_detail", "render_mode")}
+        return MetaWorldEnv(task, tuple(cameras), image_size, task_files=tuple(task_files), registry=registry, **keep)
+    return TwinEnv(task=task, cameras=tuple(cameras), image_size=image_size, task_files=tuple(task_files), **kwargs)
 
 
 gym.register(id="irevla/Twin-v0", entry_point="robot_server.gym_env:TwinEnv")

@@ -194,6 +194,19 @@ else
   say "pip: done ($((SECONDS - t)) s, torch $tv)"
 fi
 
+# ---------------------------------------------------------------- 3b. optional groups
+# IREVLA_EXTRAS=metaworld (comma- or space-separated): requirements/<group>.txt under the same constraints; pip
+# leaves an installed group alone (a few seconds), and torch must stay the pinned build.
+EXTRAS="${IREVLA_EXTRAS:-}"
+for extra in ${EXTRAS//,/ }; do
+  f="$ROOT/requirements/$extra.txt"
+  [[ -f "$f" ]] || die "IREVLA_EXTRAS: no optional group '$extra' (requirements/$extra.txt)"
+  say "pip: optional group $extra ($f)"
+  pip_q install -q -r "$f" -c "${RUN_CON:-$CON}"
+  tv="$("$VPY" -c 'import importlib.metadata as m; print(m.version("torch"))')"
+  [[ "$tv" == "$T_VERSION" ]] || die "torch is $tv after '$extra', expected $T_VERSION"
+done
+
 # ---------------------------------------------------------------- 4. ament data files for the editable install
 # `pip install -e .` does not install setup.py's data_files; mirror them (as links into the work tree)
 # so that ament_index_python.get_package_share_directory('irevla') works from the venv.

@@ -89,7 +89,6 @@ class MetaWorldCell:
         if key not in envs:
             known = sorted(k[:-len("-goal-observable")] for k in envs)
             raise ValueError(f"unknown MetaWorld environment {env_name!r}; known: {', '.join(known)}")
-        import mujoco
         self.env_name, self.variation, self.action_repeat = env_name, variation, int(action_repeat)
         self.env = envs[key]()
         self.env._partially_observable = False
@@ -103,7 +102,7 @@ class MetaWorldCell:
             self.model.vis.quality.shadowsize = 0
             self.model.vis.quality.offsamples = 0
         self.image_size = int(image_size)
-        self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+        self._renderer = None  # made on the first render (a GL context): state-only runs need none
         self._obs: Optional[np.ndarray] = None
         self._prev_pos = np.zeros(3)
         self.success = False
@@ -124,7 +123,14 @@ class MetaWorldCell:
 
     def _apply_variation(self) -> None:
         import mujoco
+        from gymnasium.spaces import Box
         v = self.variation
+        if any(v.shift):  # the object's start position: the first 3 entries of MetaWorld's reset vector
+            space = self.env._random_reset_space
+            low, high = np.array(space.low, np.float64), np.array(space.high, np.float64)
+            low[:3] += v.shift
+            high[:3] += v.shift
+            self.env._random_reset_space = Box(low, high, dtype=np.float64)
         for body in v.bodies:
             for g in self._subtree_geoms(body):
                 if v.rgba is not None:
@@ -138,12 +144,11 @@ class MetaWorldCell:
     # ------------------------------------------------------------------ episode
     def reset(self, seed: int) -> None:
         self.episode_seed = int(seed)
-        rng = np.random.default_rng(int(seed))
-        space = self.env._random_reset_space
-        rand_vec = rng.uniform(space.low, space.high).astype(np.float64)
-        rand_vec[:3] += np.asarray(self.variation.shift)
-        self.env._freeze_rand_vec = True
-        self.env._last_rand_vec = rand_vec
+        # MetaWorld's own seeded sampling: some tasks resample until object and goal are apart, so a frozen vector
+        # could loop forever. The shift moves the sampling box itself.
+        self.env._freeze_rand_vec = False
+        self.env.seeded_rand_vec = True
+        self.env.seed(int(seed))
         self._obs, _ = self.env.reset()
         self._prev_pos = self.ee_pos.copy()
         self.success = False
@@ -178,13 +183,18 @@ class MetaWorldCell:
 
     def render(self, camera: str) -> np.ndarray:
         name = CAMERAS.get(camera, camera)
+        if self._renderer is None:
+            import mujoco
+            self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
         try:
             self._renderer.update_scene(self.data, camera=name)
         except (KeyError, ValueError):
             raise ValueError(f"camera {camera!r}: MetaWorld cameras are {sorted(CAMERAS)} "
                              f"(or MetaWorld's own names)") from None
-        return self._renderer.render().copy()
+        return self._renderer.render()[::-1].copy()  # MetaWorld's cameras are mounted upside down for MuJoCo
 
     def close(self) -> None:
-        self._renderer.close()
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
         self.env.close()

@@ -33,13 +33,13 @@ def _state(twin) -> dict:
 
 
 def run_episode(task: str, seed: int, cameras: tuple[str, ...], size: int, noise: float, keep_failures: bool,
-                clutter: int = 0):
+                clutter: int = 0, task_files: tuple[str, ...] = ()):
     """One expert episode in this (worker) process. Steps are returned only if they will be recorded."""
-    from robot_server.gym_env import TwinEnv
-    key = (task, cameras, size, clutter)
+    from robot_server.gym_env import make_env
+    key = (task, cameras, size, clutter, task_files)
     env = _ENVS.get(key)
     if env is None:
-        env = _ENVS[key] = TwinEnv(task=task, cameras=cameras, image_size=size, clutter=clutter)
+        env = _ENVS[key] = make_env(task, cameras, size, task_files=task_files, clutter=clutter)
     t0 = time.perf_counter()
     obs, info = env.reset(seed=seed)
     instruction, category = info["instruction"], info.get("category", "")
@@ -73,9 +73,18 @@ def resume_counts(entries: list[dict], tasks: list[str], first_seed: int) -> tup
     return got, attempts
 
 
-def all_tasks() -> list[str]:
+def all_tasks(task_files: tuple[str, ...] = ()) -> list[str]:
+    """Every task of the registry; with task files, the expert tasks those files define (e.g. metaworld)."""
     from sim_twin.tasks.registry import TaskRegistry
-    return list(TaskRegistry.load().tasks)
+    if not task_files:
+        return list(TaskRegistry.load().tasks)
+    reg = TaskRegistry.load(extra_files=task_files, include_default=False)
+    return [t.name for t in reg.tasks.values() if t.category == "expert"]
+
+
+def _cell_of(task: str, task_files: tuple[str, ...]) -> str:
+    from sim_twin.tasks.registry import TaskRegistry
+    return "metaworld" if TaskRegistry.load(extra_files=task_files).get(task).skill == "metaworld" else "sim_twin"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -93,6 +102,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--noise", type=float, default=0.0, help="expert action noise (default 0)")
     ap.add_argument("--clutter", type=int, default=0,
                     help="training-only clutter objects drawn into each scene (the registry's clutter pool; default 0)")
+    ap.add_argument("--task-file", action="append", default=[],
+                    help="extra task file (a path, or a shipped name: metaworld); without --tasks: its expert tasks")
     ap.add_argument("--operator", default="scripted_expert")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = ap.parse_args(argv)
@@ -101,7 +112,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.clutter < 0:
         ap.error("--clutter must be >= 0")
     from sim_twin import seeds
-    n_tasks = len(args.tasks or all_tasks())
+    task_files = tuple(args.task_file)
+    try:
+        n_tasks = len(args.tasks or all_tasks(task_files))
+    except Exception as e:  # noqa: BLE001 - a task file that does not load
+        ap.error(f"--task-file: {e}")
     try:  # every seed this run may use must lie in the collection block (sim_twin/seeds.py)
         seeds.seed("collection", args.seed)
         seeds.seed("collection", args.seed + 100000 * (n_tasks - 1) + 99999)
@@ -113,8 +128,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     from teleop.episode_format import CameraConfig
     from teleop.recorder import EpisodeRecorder, RecorderConfig, RecorderError
 
-    tasks = args.tasks or all_tasks()
-    known = set(all_tasks())
+    tasks = args.tasks or all_tasks(task_files)
+    from sim_twin.tasks.registry import TaskRegistry
+    known = set(TaskRegistry.load(extra_files=task_files).tasks)
     unknown = [t for t in tasks if t not in known]
     if unknown:
         print(f"irevla collect: unknown task(s) {unknown}; known: {sorted(known)}", file=sys.stderr)
@@ -124,7 +140,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                                    height=args.image_size) for c in cameras),
                          target_episodes=args.episodes_per_task * len(tasks),
                          task_targets={t: args.episodes_per_task for t in tasks},
-                         robot={"backend": "sim_twin", "collector": "irevla collect"})
+                         robot={"backend": _cell_of(tasks[0], task_files), "collector": "irevla collect"})
     try:
         rec = EpisodeRecorder(cfg)
     except (RecorderError, OSError, ValueError) as e:
@@ -174,7 +190,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     if job is None:
                         return
                     pending.add(pool.submit(run_episode, job[0], job[1], cameras, args.image_size, args.noise,
-                                            args.keep_failures, args.clutter))
+                                            args.keep_failures, args.clutter, task_files))
 
             fill()
             while pending:
@@ -222,9 +238,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"dataset {args.out}: {prog}")
     # Twin scenes are drawn from their seeds: the task object's position becomes a privileged training label
     # (teleop/object_labels.py; the towers model's auxiliary object loss).
-    from teleop.object_labels import LABELS_FILE, label_dataset
-    counts = label_dataset(args.out, workers=1, progress=False)
-    print(f"object labels: {counts['labelled']} new in {Path(args.out) / LABELS_FILE}")
+    if _cell_of(tasks[0], task_files) == "sim_twin":  # MetaWorld scenes are not twin scenes: no labels there
+        from teleop.object_labels import LABELS_FILE, label_dataset
+        counts = label_dataset(args.out, workers=1, progress=False)
+        print(f"object labels: {counts['labelled']} new in {Path(args.out) / LABELS_FILE}")
     short = [t for t in tasks if got[t] < wanted[t]]
     if short:
         print(f"irevla collect: gave up on {short} after {[attempts[t] for t in short]} attempts "

@@ -42,6 +42,14 @@ class TaskSpec:
         return sorted(set(out))
 
 
+def task_file_path(name: str) -> str:
+    """A task file: a path, or the name of one shipped next to tasks.yaml ("metaworld" -> metaworld.yaml)."""
+    shipped = os.path.join(os.path.dirname(__file__), f"{name}.yaml")
+    if os.sep not in name and not name.endswith((".yaml", ".yml")) and os.path.isfile(shipped):
+        return shipped
+    return name
+
+
 @dataclass
 class TaskRegistry:
     objects: dict[str, ObjectSpec]
@@ -52,7 +60,7 @@ class TaskRegistry:
 
     @classmethod
     def load(cls, extra_files: Iterable[str] = (), include_default: bool = True) -> "TaskRegistry":
-        files = ([DEFAULT_TASK_FILE] if include_default else []) + list(extra_files)
+        files = ([DEFAULT_TASK_FILE] if include_default else []) + [task_file_path(f) for f in extra_files]
         objects: dict[str, ObjectSpec] = {}
         tasks: dict[str, TaskSpec] = {}
         clutter: list[str] = []

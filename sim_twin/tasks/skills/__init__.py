@@ -11,3 +11,5 @@ from sim_twin.tasks.skills.cable_route import CableRouteSkill  # noqa: E402
 SKILLS[CableRouteSkill.name] = CableRouteSkill()
 from sim_twin.tasks.skills.reach import ReachSkill  # noqa: E402
 SKILLS[ReachSkill.name] = ReachSkill()
+from sim_twin.tasks.skills.metaworld import MetaWorldSkill  # noqa: E402
+SKILLS[MetaWorldSkill.name] = MetaWorldSkill()
