@@ -120,20 +120,28 @@ def _say(msg: str) -> None:
 
 
 def ensure_expert_set(cfg: ExpertSetConfig, run_dir: Path, log=_say) -> Path:
+    """The expert set at `cfg.path` (or <run>/expert), collected there with the scripted experts when it has none.
+    A scripted set (`irevla collect` only) short of `episodes_per_task` for a wanted task is topped up: collection
+    resumes where an interrupted run stopped. Any other set (teleop data) is used as it is."""
+    from collections import Counter
+
+    from sim_twin.tasks.registry import TaskRegistry
+    from teleop import collect
     from teleop.dataset import selected_entries
     path = Path(cfg.path) if cfg.path else run_dir / "expert"
     try:
-        n = len(selected_entries(path))
+        entries = selected_entries(path)
     except Exception:
-        n = 0
-    if n > 0:
-        log(f"expert set: {path} ({n} successful episodes)")
-        return path
-    from sim_twin.tasks.registry import TaskRegistry
-    from teleop import collect
+        entries = []
     reg = TaskRegistry.load(extra_files=cfg.task_files, include_default=not cfg.task_files)
     tasks = cfg.tasks or [n for n, t in reg.tasks.items() if t.category == "expert"]
-    log(f"expert set: collecting {cfg.episodes_per_task} scripted episodes x {len(tasks)} tasks into {path}")
+    have = Counter(e.get("task") for e in entries)
+    short = [t for t in tasks if have[t] < cfg.episodes_per_task]
+    if entries and (not short or any(e.get("category") != collect.CATEGORY for e in entries)):
+        log(f"expert set: {path} ({len(entries)} successful episodes)")
+        return path
+    log(f"expert set: collecting {cfg.episodes_per_task} scripted episodes x {len(tasks)} tasks into {path}"
+        + (f" ({len(entries)} already there)" if entries else ""))
     argv = ["--out", str(path), "--episodes-per-task", str(cfg.episodes_per_task), "--tasks", *tasks,
             "--workers", str(cfg.workers), "--image-size", str(cfg.image_size), "--noise", str(cfg.noise),
             "--cameras", *cfg.cameras, *[a for f in cfg.task_files for a in ("--task-file", f)]]

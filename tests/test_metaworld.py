@@ -154,3 +154,10 @@ def test_shortened_table_one_pipeline(tmp_path):
     assert table(["--irevla", str(run), "--out", str(out)]) == 0
     text = out.read_text()
     assert "| iRe-VLA (paper) | 0.83 | 1.00 |" in text and "episodes" in text
+
+    # An interrupted or smaller scripted set is topped up (collection resumes), never used short.
+    from rl_agent.iterate import ensure_expert_set
+    cfg.expert.episodes_per_task = 3
+    ensure_expert_set(cfg.expert, run, log=print)
+    rep = validate_dataset(expert)
+    assert rep.ok and rep.n_files == 6, rep.summary()
