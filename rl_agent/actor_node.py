@@ -34,6 +34,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException
     from rclpy.node import Node
+    from rcl_interfaces.msg import ParameterDescriptor
     from rclpy.qos_event import SubscriptionEventCallbacks
     from std_srvs.srv import Trigger
 
@@ -70,7 +71,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         "image_size": node.declare_parameter("image_size", 0).value,
         "intervention_device": node.declare_parameter("intervention_device", "").value,  # spacemouse | keyboard
         "teleop_config": node.declare_parameter("teleop_config", "").value,
-        "console": node.declare_parameter("console", "auto").value,  # operator keys in this terminal (robot mode)
+        # operator keys in this terminal (robot mode): auto | on | off. ROS types on/off as booleans on the command
+        # line, so the parameter takes either.
+        "console": node.declare_parameter("console", "auto", ParameterDescriptor(dynamic_typing=True)).value,
         "minutes": node.declare_parameter("minutes", 0.0).value,  # session budget (0: until stopped)
         "harvest": node.declare_parameter("harvest", True).value,  # successful episodes -> out_dir/harvest
         "demo_data": node.declare_parameter("demo_data", "").value,  # recorded episodes (expert-set format) as demos
@@ -223,7 +226,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return session
 
     try:
-        console = open_console(p["console"], p["mode"], p["intervention_device"], operator.mark,
+        setting = ("on" if p["console"] else "off") if isinstance(p["console"], bool) else str(p["console"])
+        console = open_console(setting, p["mode"], p["intervention_device"], operator.mark,
                                getattr(env, "start_episode", lambda: None), status, logger.info)
     except Exception as exc:  # console:=on without a terminal, a bad setting
         logger.error(f"rl_actor: operator console: {exc}")

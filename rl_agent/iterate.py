@@ -65,6 +65,7 @@ class IterateConfig:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     evaluate_stage0: bool = True
     evaluate_each_task: bool = True  # false: only after the last curriculum task (long evaluations, Table I)
+    stage1: str = "inprocess"  # inprocess | ros (the rl_session graph on the twin: processes over DDS)
     seed: int = 0
     # Task files the whole run uses (a path, or a shipped name: [metaworld]). With them the run stays on their
     # tasks: the expert set is their expert tasks, the evaluation their tasks, every cell reads them.
@@ -75,6 +76,10 @@ class IterateConfig:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if not 0.0 <= self.stage2_rl_weight < 1.0:
             raise ValueError("stage2_rl_weight must be in [0, 1)")
+        if self.stage1 not in ("inprocess", "ros"):
+            raise ValueError(f"stage1 must be inprocess or ros, got {self.stage1!r}")
+        if self.stage1 == "ros" and self.task_files:
+            raise ValueError("stage1: ros runs the twin's rl_session graph; tasks of other task files run in-process")
 
     def apply_task_files(self) -> None:
         """Hand `task_files` to every part of the run (expert collection, RL sessions, PPO, evaluation)."""
@@ -192,7 +197,11 @@ def stage1(cfg: IterateConfig, run_dir: Path, ckpt: str, task: str) -> dict:
     base["task"] = task
     scfg = SessionConfig.from_dict(base)
     out = run_dir / "tasks" / task / "rl"
-    _say(f"stage 1: RL on {task} from {ckpt} (VLM frozen) -> {out}")
+    _say(f"stage 1: RL on {task} from {ckpt} (VLM frozen) -> {out}{' over ROS 2' if cfg.stage1 == 'ros' else ''}")
+    if cfg.stage1 == "ros":
+        from rl_agent.ros_stage1 import run_ros_session
+        return run_ros_session(ckpt, task, out, scfg.minutes or 5.0, scfg.demos.count, scfg.train.learning_starts,
+                               scfg.env.max_episode_steps or 100, log=_say)
     return run_session(scfg, ckpt, out)
 
 
@@ -349,6 +358,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--checkpoint", help="skip stage 0: start from this VLA checkpoint")
     p.add_argument("--tasks", nargs="+", help="curriculum (RL-category tasks)")
     p.add_argument("--rl-minutes", type=float, help="RL session budget per task")
+    p.add_argument("--stage1", choices=("inprocess", "ros"), help="stage 1 in-process, or over the ROS 2 rl_session graph")
     p.add_argument("--seeds", help="evaluation seeds ('0-19' or a count)")
     from robot_server.usage import add_hidden_alias
     add_hidden_alias(p, "--run-dir", "--out", dest="out")  # the spellings before all commands shared --out
@@ -365,6 +375,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg.curriculum = args.tasks
     if args.rl_minutes is not None:
         cfg.session["minutes"] = args.rl_minutes
+    if args.stage1:
+        cfg.stage1 = args.stage1
+        cfg.__post_init__()
     if args.seeds:
         from policy.evaluate import parse_seeds
         cfg.evaluation.seeds = parse_seeds(args.seeds)

@@ -203,7 +203,7 @@ def run_graph(graph: Graph, overrides: dict[str, str], log=print) -> int:
             for s, p in procs:
                 if p.poll() is not None:
                     log(f"[launch] {s.name or s.executable} exited with code {p.returncode}; stopping the graph")
-                    rc = p.returncode or 1
+                    rc = p.returncode  # 0: a node that finished its job (an RL actor's budget) ends the graph
                     stop["flag"] = True
             time.sleep(0.2)
         return rc

@@ -123,3 +123,27 @@ def test_evaluation_cache_key_follows_checkpoint_content_tasks_seeds_and_words(t
     meta["head_id"] = "0" * 16  # another head (e.g. after stage 1's hand-back)
     (copy / "meta.json").write_text(json.dumps(meta))
     assert evaluation_key(str(copy), ev)["checkpoint"] != key["checkpoint"]
+
+
+@pytest.mark.ros
+def test_stage1_over_the_ros_graph_gives_the_same_result_format(tmp_path):
+    """`stage1: ros`: the RL session runs as the rl_session graph (processes over DDS); iterate gets the same
+    summary (harvest, RL head, counts), then stage 2 and the evaluation as in-process; a rerun reuses it."""
+    cfg = _cfg(tmp_path)
+    cfg.stage1 = "ros"
+    cfg.curriculum = ["press_green_button"]
+    cfg.session = {"minutes": 0.3, "demos": {"count": 0}, "train": {"learning_starts": 20},
+                   "env": {"max_episode_steps": 12}}
+    cfg.evaluation.tasks = ["press_green_button"]
+    run = tmp_path / "run"
+    reports = run_iterate(cfg, run)
+    assert [r.label for r in reports] == ["sft", "after_press_green_button"]
+    rl = run / "tasks" / "press_green_button" / "rl"
+    summary = json.loads((rl / "summary.json").read_text())
+    assert summary["via"].startswith("ros2") and summary["episodes"] >= 2 and summary["updates"] > 0, summary
+    assert (rl / "learner" / "rl_head_ckpt" / "meta.json").is_file() and (rl / "actor" / "tb").is_dir()
+    state = json.loads((run / "state.json").read_text())
+    assert state["rl:press_green_button"] == summary and Path(state["task:press_green_button"]).is_dir()
+    again = run_iterate(cfg, run)  # finished: nothing runs again
+    assert [r.label for r in again] == ["sft", "after_press_green_button"]
+    assert json.loads((rl / "summary.json").read_text()) == summary
