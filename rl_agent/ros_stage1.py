@@ -21,17 +21,19 @@ from rl_agent.checkpoints import atomic_write_text
 
 
 def graph_command(ckpt: str, task: str, instruction: str, out: Path, minutes: float, demos: int,
-                  learning_starts: int, max_episode_steps: int) -> list[str]:
+                  learning_starts: int, max_episode_steps: int, rl_config: str = "") -> list[str]:
     return [sys.executable, "-m", "robot_server.launch_graph", "rl_session", f"checkpoint:={ckpt}", f"task:={task}",
             f"instruction:={instruction}", "reward:=twin", "auto_reset:=true", "console:=off", f"demos:={demos}",
             f"minutes:={minutes}", f"learning_starts:={learning_starts}", f"max_episode_steps:={max_episode_steps}",
-            f"learner_out:={out / 'learner'}", f"actor_out:={out / 'actor'}"]
+            f"rl_config:={rl_config}", f"learner_out:={out / 'learner'}", f"actor_out:={out / 'actor'}"]
 
 
 def run_ros_session(ckpt: str, task: str, out: Path, minutes: float, demos: int = 0, learning_starts: int = 100,
-                    max_episode_steps: int = 100, log: Callable[[str], None] = print,
+                    max_episode_steps: int = 100, sac: dict | None = None, log: Callable[[str], None] = print,
                     timeout_s: float | None = None) -> dict:
-    """Run (or resume) one stage-1 session over ROS 2 on the twin; returns summary.json's content."""
+    """Run (or resume) one stage-1 session over ROS 2 on the twin; returns summary.json's content. `sac`: the
+    SAC settings of the in-process session (its `sac:` section), handed to both nodes so that the two paths learn
+    with the same agent."""
     from sim_twin.tasks.registry import TaskRegistry
     out = Path(out)
     done = out / "summary.json"
@@ -41,7 +43,12 @@ def run_ros_session(ckpt: str, task: str, out: Path, minutes: float, demos: int 
     spec = TaskRegistry.load().get(task)  # the twin's own tasks: the graph's cell is sim_bringup
     instruction = spec.phrasings(TaskRegistry.load())[0]
     out.mkdir(parents=True, exist_ok=True)
-    cmd = graph_command(ckpt, task, instruction, out, minutes, demos, learning_starts, max_episode_steps)
+    rl_config = ""
+    if sac:
+        import yaml
+        rl_config = str(out / "rl_config.yaml")
+        atomic_write_text(Path(rl_config), yaml.safe_dump({"session": {"sac": dict(sac)}}))
+    cmd = graph_command(ckpt, task, instruction, out, minutes, demos, learning_starts, max_episode_steps, rl_config)
     log(f"stage 1 over ROS 2: {' '.join(cmd[2:4])} ... ({minutes:g} min; log {out / 'graph.log'})")
     env = {k: v for k, v in os.environ.items() if k != "IREVLA_JOINED"}
     with open(out / "graph.log", "a") as f:

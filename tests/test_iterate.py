@@ -142,6 +142,9 @@ def test_stage1_over_the_ros_graph_gives_the_same_result_format(tmp_path):
     summary = json.loads((rl / "summary.json").read_text())
     assert summary["via"].startswith("ros2") and summary["episodes"] >= 2 and summary["updates"] > 0, summary
     assert (rl / "learner" / "rl_head_ckpt" / "meta.json").is_file() and (rl / "actor" / "tb").is_dir()
+    # the session's SAC settings reach the nodes (config/rl_session.yaml: batch 64 x critic_actor_ratio 2, pooled
+    # latents); the nodes' own defaults are SERL's GPU settings (batch 256 x 4, all 19 tokens)
+    assert "latents (8, 128), batch 128," in (rl / "graph.log").read_text()
     state = json.loads((run / "state.json").read_text())
     assert state["rl:press_green_button"] == summary and Path(state["task:press_green_button"]).is_dir()
     again = run_iterate(cfg, run)  # finished: nothing runs again
