@@ -27,6 +27,16 @@ def state_vector(ee_pos, ee_quat, ee_vel, gripper_width) -> np.ndarray:
     return np.concatenate([ee_pos, ee_quat, ee_vel, [gripper_width]]).astype(np.float32)
 
 
+def contract_spaces(cameras: tuple[str, ...], image_size: int, render_images: bool = True):
+    """(observation space, action space) of every cell behind the contract: images per camera + the state vector;
+    the 7-D action in [-1, 1]."""
+    img = spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+    obs = {"state": spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32)}
+    if render_images:
+        obs["images"] = spaces.Dict({c: img for c in cameras})
+    return spaces.Dict(obs), spaces.Box(-1.0, 1.0, (7,), np.float32)
+
+
 class TwinEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
@@ -42,12 +52,7 @@ class TwinEnv(gym.Env):
         self.cameras, self.render_images, self.render_mode = tuple(cameras), render_images, render_mode
         self._tick_dt = 1.0 / server_rate_hz
         self._ticks = max(1, int(round(DEFAULT_CONTRACT.dt / self._tick_dt)))
-        img = spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
-        obs = {"state": spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32)}
-        if render_images:
-            obs["images"] = spaces.Dict({c: img for c in self.cameras})
-        self.observation_space = spaces.Dict(obs)
-        self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
+        self.observation_space, self.action_space = contract_spaces(self.cameras, image_size, render_images)
         self._t = 0.0
         self._steps = 0
         self._expert = None

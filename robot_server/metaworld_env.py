@@ -16,10 +16,9 @@ from typing import Any, Optional
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
 from robot_server.contract import DEFAULT_CONTRACT
-from robot_server.gym_env import STATE_DIM, state_vector
+from robot_server.gym_env import contract_spaces, state_vector
 from robot_server.safety import SafetyConfig, SafetyLayer
 from sim_twin.metaworld_cell import MetaWorldCell, Variation
 from sim_twin.tasks.registry import TaskRegistry
@@ -76,12 +75,7 @@ class MetaWorldEnv(gym.Env):
         self.twin = CellView(self.cell, self.registry, spec)
         self.safety = SafetyLayer(metaworld_safety(self.cell), nominal_quat=NOMINAL_QUAT)
         self.cameras, self.render_images, self.render_mode = tuple(cameras), render_images, render_mode
-        img = spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
-        obs = {"state": spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32)}
-        if render_images:
-            obs["images"] = spaces.Dict({c: img for c in self.cameras})
-        self.observation_space = spaces.Dict(obs)
-        self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
+        self.observation_space, self.action_space = contract_spaces(self.cameras, image_size, render_images)
         self._t = 0.0
         self._steps = 0
         self._expert_rng = np.random.default_rng(0)
