@@ -216,6 +216,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from rl_agent.session_log import EpisodeLog
     session = SessionStatus()
     elog = EpisodeLog(out, p["task"])  # episodes.jsonl, tb/, success_rate.png, summary.json
+    elog.extra["harvest_dir"] = str(out / "harvest") if p["harvest"] else None
     t_end = time.monotonic() + 60.0 * float(p["minutes"]) if float(p["minutes"]) > 0 else None
 
     def status() -> SessionStatus:
@@ -290,6 +291,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             core.episodes = ep
             session.episode, session.finished = ep + 1, ep
             session.successes += int(res.trace.success)
+            elog.extra.update(demos=session.demos, transitions_sent=core.env_steps,
+                              params_version=core.params_version)
             elog.add(res.trace.success, len(res.actions), res.trace.interventions, core.params_version,
                      res.trace.ended_by or "")
             how = f"success ({res.trace.ended_by})" if res.trace.success else "failure"
@@ -312,8 +315,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             console.close()
         if harvest is not None:
             harvest.close()
-        elog.close(demos=session.demos, transitions_sent=core.env_steps, params_version=core.params_version,
-                   harvest_dir=str(out / "harvest") if harvest is not None else None)
+        elog.close(demos=session.demos, transitions_sent=core.env_steps, params_version=core.params_version)
         if interventions is not None:
             interventions.close()
         executor.shutdown(timeout_sec=2)

@@ -91,6 +91,7 @@ class EpisodeLog:
                     break
         self.env_steps = sum(int(e.get("steps", 0)) for e in self.episodes)
         self.tb = TensorBoard(self.out, tensorboard, purge_step=self.env_steps)
+        self.extra: dict = {}  # more for summary.json (the caller's counters: demos, harvest folder, ...)
 
     @property
     def successes(self) -> list[bool]:
@@ -111,6 +112,7 @@ class EpisodeLog:
                                          "train/episodes": len(self.episodes), "actor/params_version": params_version})
         if self.plot_every > 0 and len(self.episodes) % self.plot_every == 0:
             self.plot()
+        self.summary()  # after every episode: a killed run's summary is as old as its last finished episode
         return rec
 
     def plot(self) -> Path:
@@ -121,7 +123,7 @@ class EpisodeLog:
         doc = {"task": self.task, "episodes": len(succ), "successes": sum(succ),
                "success_rate": (sum(succ) / len(succ)) if succ else None, "success_last20": success_last(succ),
                "env_steps": self.env_steps,
-               "interventions": sum(int(e.get("interventions", 0)) for e in self.episodes), **extra}
+               "interventions": sum(int(e.get("interventions", 0)) for e in self.episodes), **self.extra, **extra}
         atomic_write_text(self.out / "summary.json", json.dumps(doc, indent=1))
         return doc
 

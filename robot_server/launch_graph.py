@@ -181,6 +181,9 @@ def executable_path(name: str) -> str:
     return found
 
 
+STOP_GRACE_S = 30.0
+
+
 def run_graph(graph: Graph, overrides: dict[str, str], log=print) -> int:
     """Start every node as a child process; stop all of them when one exits or on SIGINT/SIGTERM."""
     specs = graph.resolve(overrides)
@@ -211,11 +214,14 @@ def run_graph(graph: Graph, overrides: dict[str, str], log=print) -> int:
         for _, p in procs:  # only our own children, by PID
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + 10
-        for _, p in procs:
+        # Nodes finish their work on the way out (the learner's last checkpoint and hand-back, the recorder's and
+        # the actor's files): a loaded machine needs more than a few seconds for that.
+        deadline = time.monotonic() + STOP_GRACE_S
+        for s, p in procs:
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                log(f"[launch] {s.name or s.executable} did not stop within {STOP_GRACE_S:.0f} s: killed")
                 p.kill()
                 p.wait()
 
