@@ -303,6 +303,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if core.checkpoint_due():
                 core.save_checkpoint()
                 handback()
+                core.write_summary(learner_id)  # as new as the checkpoint, should the node be killed
             now = time.monotonic()
             if now - last_tb >= 2.0:
                 tb.scalars(core.updates, {**{f"learner/{k}": v for k, v in core.scalar_info().items()},

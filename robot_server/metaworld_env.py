@@ -20,7 +20,7 @@ import numpy as np
 from robot_server.contract import DEFAULT_CONTRACT
 from robot_server.gym_env import contract_spaces, state_vector
 from robot_server.safety import SafetyConfig, SafetyLayer
-from sim_twin.metaworld_cell import MetaWorldCell, Variation
+from sim_twin.metaworld_cell import FINGER_SPAN_M, MetaWorldCell, Variation
 from sim_twin.tasks.registry import TaskRegistry
 
 NOMINAL_QUAT = (1.0, 0.0, 0.0, 0.0)
@@ -114,7 +114,7 @@ class MetaWorldEnv(gym.Env):
         return self._obs(), float(success), success, truncated, self._info(decision)
 
     def _gripper_closed(self) -> bool:
-        return self.cell.state(DEFAULT_CONTRACT.dt).gripper_width < 0.5 * 0.1
+        return self.cell.state(DEFAULT_CONTRACT.dt).gripper_width < 0.5 * FINGER_SPAN_M
 
     def expert_action(self, noise: float = 0.0) -> np.ndarray:
         """MetaWorld's scripted policy as a contract action (privileged: reads the full simulator state)."""

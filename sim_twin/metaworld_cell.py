@@ -94,8 +94,6 @@ class MetaWorldCell:
         self.env._partially_observable = False
         self.policy = policies[env_name]()
         self.model, self.data = self.env.model, self.env.data
-        self._default_rgba = self.model.geom_rgba.copy()
-        self._default_matid = self.model.geom_matid.copy()
         self._default_size = self.model.geom_size.copy()
         self._apply_variation()
         if render_detail == "fast":  # shadows and multisampling cost ~10x on a CPU (environment notes)
