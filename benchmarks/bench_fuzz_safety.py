@@ -457,7 +457,7 @@ def twin_part(n: int, seed: int, cfg) -> dict:
 def serve_node(report_path: str) -> int:
     """The robot_node process of the DDS part: a real RobotNode on the real-time twin, its backend watched."""
     logging.basicConfig(level=logging.ERROR)  # the fuzz makes the layer log rejections by the thousand
-    from rclpy.executors import MultiThreadedExecutor
+    from robot_server.ros_main import SteadyMultiThreadedExecutor as MultiThreadedExecutor  # rclpy#1452, see ros_main
     from rclpy.parameter import Parameter
 
     from robot_server.robot_node import RobotNode
@@ -506,7 +506,7 @@ def dds_part(n: int, seed: int, rate_hz: float, log_path: Path) -> dict:
     import rclpy
     from geometry_msgs.msg import PoseStamped
     from rclpy.context import Context
-    from rclpy.executors import MultiThreadedExecutor
+    from robot_server.ros_main import SteadyMultiThreadedExecutor as MultiThreadedExecutor  # rclpy#1452, see ros_main
     from rclpy.signals import SignalHandlerOptions
     from std_msgs.msg import Float64MultiArray
 

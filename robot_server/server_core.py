@@ -87,9 +87,10 @@ class RobotServerCore:
             dec = self.safety.filter_delta(action, state if state is not None and state.ok else None, now)
             if dec.accepted:
                 if dec.gripper is not None and dec.gripper != self._gripper_cmd:
-                    # Only on change: the real gripper runs one grasp/move action per command.
-                    self._call(self.backend.command_gripper, dec.gripper)
-                    self._gripper_cmd = dec.gripper
+                    # Only on change: the real gripper runs one grasp/move action per command. A command the
+                    # backend failed (e.g. franka_gripper not ready yet) is sent again with the next action.
+                    if self._call(self.backend.command_gripper, dec.gripper):
+                        self._gripper_cmd = dec.gripper
                 self._tick_locked(now, state)  # send at once instead of waiting up to one loop period
             return dec
 

@@ -55,6 +55,29 @@ def test_gripper_from_actions_is_sent_on_change_only(core, backend):
     assert backend.read_state().gripper_width > w_open - 0.005
 
 
+def test_a_failed_gripper_command_is_sent_again_with_the_next_action():
+    """A real gripper action server can be unavailable for a moment (franka_gripper restarting): the close that
+    failed must not count as sent, or the gripper would never close while the policy keeps asking."""
+    class FirstGripperCommandFails(SimTwinBackend):
+        calls = 0
+
+        def command_gripper(self, close):
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("gripper action server /franka_gripper/grasp not available")
+            super().command_gripper(close)
+
+    b = FirstGripperCommandFails(task=TASK, seed=0, realtime=False)
+    try:
+        core = RobotServerCore(b, task=TASK, seed=0)
+        w_open = b.read_state().gripper_width
+        run(core, b, 0.0, 1.0, action=[0, 0, 0, 0, 0, 0, 1])
+        assert b.calls == 2 and core.backend_errors == 1
+        assert b.read_state().gripper_width < w_open - 0.02
+    finally:
+        b.close()
+
+
 def test_estop_freezes_and_refuses_services(core, backend):
     t = run(core, backend, 0.0, 0.3, action=[1, 0, 0, 0, 0, 0, 0])
     ok, msg = core.estop("test")

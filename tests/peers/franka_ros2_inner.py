@@ -123,8 +123,8 @@ def test_franka_ros2_backend_against_peer(peer, ros_context, spin_thread, tmp_pa
     assert peer_st()["bad_frames"] == 0, "every target must carry the base frame"
 
     # Gripper: grasp through the action's gripper component, open through the service (franka_gripper actions).
-    stream(lambda: c.send_action([0, 0, 0, 0, 0, 0, 1]), 10.0, until=lambda: c.gripper.last().position[0] < 0.005)
-    assert c.gripper.last().position[0] < 0.005 and peer_st()["grasps"] == 1
+    stream(lambda: c.send_action([0, 0, 0, 0, 0, 0, 1]), 20.0, until=lambda: c.gripper.last().position[0] < 0.005)
+    assert c.gripper.last().position[0] < 0.005 and peer_st()["grasps"] == 1, (c.latest_status(), peer_st())
     assert c.call(ri.SRV_GRIPPER, data=False).success
     wait_for(lambda: c.gripper.last().position[0] > 0.075, 5.0, message="gripper did not open")
 

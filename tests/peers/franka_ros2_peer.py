@@ -28,12 +28,13 @@ import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseStamped
 from rclpy.action import ActionServer
-from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
+
+from robot_server.ros_main import SteadyMultiThreadedExecutor
 
 msg_mod = importlib.import_module("franka_msgs.msg")
 act_mod = importlib.import_module("franka_msgs.action")
@@ -104,8 +105,10 @@ class FrankaRos2Peer:
         n.create_service(Trigger, "/peer/inject_reflex", self.on_inject, callback_group=group)
         n.create_service(SetBool, "/peer/stop_state", self.on_stop_state, callback_group=group)
         self.dt = 0.01  # 100 Hz keeps a Python peer light on a 2-core CI machine
-        n.create_timer(self.dt, self.step, callback_group=group)
-        n.create_timer(0.1, self.publish_status, callback_group=group)
+        # The timers never overlap themselves: a late 100 Hz step must not pile up beside the next one.
+        clock = MutuallyExclusiveCallbackGroup()
+        n.create_timer(self.dt, self.step, callback_group=clock)
+        n.create_timer(0.1, self.publish_status, callback_group=clock)
 
     # ------------------------------------------------------------------ robot side
     def on_target(self, msg: PoseStamped) -> None:
@@ -221,7 +224,9 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    ex = MultiThreadedExecutor(num_threads=4)
+    # rclpy's own MultiThreadedExecutor re-submits a callback until a worker starts it (ros2/rclpy#1452): with a
+    # worker held by a grasp on a loaded machine, that flood starved the state stream for seconds (CI, stop 20).
+    ex = SteadyMultiThreadedExecutor(num_threads=4)
     ex.add_node(peer.node)
     print("READY", flush=True)
     while not stop.is_set():
