@@ -457,7 +457,7 @@ def twin_part(n: int, seed: int, cfg) -> dict:
 def serve_node(report_path: str) -> int:
     """The robot_node process of the DDS part: a real RobotNode on the real-time twin, its backend watched."""
     logging.basicConfig(level=logging.ERROR)  # the fuzz makes the layer log rejections by the thousand
-    from robot_server.ros_main import SteadyMultiThreadedExecutor as MultiThreadedExecutor  # rclpy#1452, see ros_main
+    from robot_server.ros_main import SteadyMultiThreadedExecutor
     from rclpy.parameter import Parameter
 
     from robot_server.robot_node import RobotNode
@@ -468,7 +468,7 @@ def serve_node(report_path: str) -> int:
     node.get_logger().set_level(logging.FATAL)
     check = LimitCheck(node.core.safety.config, node.core.safety.nominal_quat)
     watch(node.backend, check, measure_states=True)
-    executor = MultiThreadedExecutor()
+    executor = SteadyMultiThreadedExecutor()
     executor.add_node(node)
     print("NODE READY", flush=True)
     while not stop.is_set():
@@ -506,7 +506,7 @@ def dds_part(n: int, seed: int, rate_hz: float, log_path: Path) -> dict:
     import rclpy
     from geometry_msgs.msg import PoseStamped
     from rclpy.context import Context
-    from robot_server.ros_main import SteadyMultiThreadedExecutor as MultiThreadedExecutor  # rclpy#1452, see ros_main
+    from robot_server.ros_main import SteadyMultiThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
     from std_msgs.msg import Float64MultiArray
 
@@ -526,7 +526,7 @@ def dds_part(n: int, seed: int, rate_hz: float, log_path: Path) -> dict:
     node = rclpy.create_node(f"fuzz_{os.getpid()}", context=ctx)
     client = RobotClient(node)
     pub_target = node.create_publisher(PoseStamped, ri.TOPIC_TARGET_POSE, ri.COMMAND_QOS)
-    executor = MultiThreadedExecutor(num_threads=2, context=ctx)
+    executor = SteadyMultiThreadedExecutor(num_threads=2, context=ctx)
     executor.add_node(node)
     spinning = threading.Event()
     spinning.set()
