@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from robot_server.rollout import rollout
 from robot_server.usage import UsageError, require_checkpoint, require_file
 from sim_twin import seeds
 from teleop.config import from_dict, load_yaml, to_dict
@@ -103,20 +104,9 @@ class EpisodeResult:
 
 def run_episode(env, policy: Callable, task: str, seed: int, max_steps: Optional[int] = None,
                 frames: Optional[list] = None) -> EpisodeResult:
-    t0 = time.perf_counter()
-    obs, info = env.reset(seed=seed, options={"task": task})
-    instruction = info["instruction"]
-    limit = max_steps or env.twin.task.max_steps
-    success, steps = False, 0
-    for steps in range(1, limit + 1):
-        action = policy(obs, instruction)
-        if frames is not None:
-            frames.append((obs["images"], np.asarray(action)))
-        obs, _, success, truncated, info = env.step(action)
-        if success:
-            break
-    return EpisodeResult(task, info["category"], seed, instruction, bool(success), steps,
-                         time.perf_counter() - t0)
+    keep = None if frames is None else (lambda obs, action: frames.append((obs["images"], action)))
+    r = rollout(env, policy, seed, task=task, max_steps=max_steps, on_step=keep)
+    return EpisodeResult(task, r.category, seed, r.instruction, r.success, r.steps, r.seconds)
 
 
 def _make_env(policy: VLAPolicy, cfg: EvalConfig, task: str):

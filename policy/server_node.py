@@ -25,6 +25,7 @@ an action ready later than that time + `deadline_budget_s` is not published (cou
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -41,7 +42,6 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.exceptions import ParameterUninitializedException
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, String
 
@@ -52,8 +52,7 @@ from policy.model import InputError
 from policy.server_core import LatentRecord, Outcome, PolicyServerConfig, PolicyServerCore, TickResult
 from robot_server import ros_interface as ri
 from robot_server.client import RobotClient, image_to_array
-from robot_server.robot_node import stamp_msg
-from robot_server.ros_main import SteadyMultiThreadedExecutor, init_with_stop_event
+from robot_server.ros_main import SteadyMultiThreadedExecutor, declare_config, init_with_stop_event, stamp_msg
 
 LOG = logging.getLogger("policy.server_node")
 FEEDBACK_PERIOD_S = 0.2
@@ -80,63 +79,66 @@ def latents_from_msg(msg: Latent) -> np.ndarray:
     return np.frombuffer(bytes(msg.data), dtype="<f2").reshape(tuple(msg.shape))
 
 
+_D = PolicyServerConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyServerParams:
+    """policy_server's ROS parameters (robot_server.ros_main.declare_config declares one per field)."""
+    checkpoint: str = ""  # a VLA checkpoint directory (required)
+    # Camera topic names, one per camera of the policy, in its order ([]: the policy's own camera names).
+    cameras: list[str] = dataclasses.field(default_factory=list)
+    control_rate: float = _D.control_hz
+    deadline_budget_s: float = _D.deadline_budget_s
+    default_timeout_s: float = _D.default_timeout_s
+    publish_latents: bool = True
+    latent_instruction: str = ""  # encode-only mode for the RL actor (settable at runtime)
+    max_frame_age_s: float = _D.max_frame_age_s
+    max_frame_skew_s: float = _D.max_frame_skew_s
+    max_state_age_s: float = _D.max_state_age_s
+    max_invalid_s: float = _D.max_invalid_s
+    image_size: list[int] = dataclasses.field(default_factory=lambda: list(_D.image_size))  # [h, w]; [0, 0]: any
+    success_topic: str = ri.TOPIC_SUCCESS
+    # "" (default): the checkpoint's vla_config `device` (cpu for checkpoints without one); or auto | cpu | cuda[:N]
+    device: str = ""
+    dtype: str = ""  # "" the checkpoint's backbone dtype; float32 | float16 | bfloat16
+    torch_threads: int = 1  # intra-op threads on CPU (the tiny model is fastest on one)
+
+    def server_config(self) -> PolicyServerConfig:
+        size = [int(v) for v in self.image_size]
+        return PolicyServerConfig(
+            control_hz=self.control_rate, deadline_budget_s=self.deadline_budget_s,
+            default_timeout_s=self.default_timeout_s, max_frame_age_s=self.max_frame_age_s,
+            max_frame_skew_s=self.max_frame_skew_s, max_state_age_s=self.max_state_age_s,
+            max_invalid_s=self.max_invalid_s, image_size=size if any(size) else [])
+
+
 class PolicyServerNode(Node):
     def __init__(self, *, context: Optional[Context] = None, node_name: str = "policy_server",
                  namespace: str = "/irevla", parameter_overrides: Optional[list[Parameter]] = None):
         super().__init__(node_name, context=context, namespace=namespace,
                          parameter_overrides=parameter_overrides or [])
-        d = PolicyServerConfig()
-        self.declare_parameter("checkpoint", "")
-        # Camera topic names, one per camera of the policy, in its order ([]: the policy's own camera names).
-        self.declare_parameter("cameras", Parameter.Type.STRING_ARRAY)
-        self.declare_parameter("control_rate", d.control_hz)
-        self.declare_parameter("deadline_budget_s", d.deadline_budget_s)
-        self.declare_parameter("default_timeout_s", d.default_timeout_s)
-        self.declare_parameter("publish_latents", True)
-        self.declare_parameter("latent_instruction", "")  # encode-only mode for the RL actor (settable at runtime)
-        self.declare_parameter("max_frame_age_s", d.max_frame_age_s)
-        self.declare_parameter("max_frame_skew_s", d.max_frame_skew_s)
-        self.declare_parameter("max_state_age_s", d.max_state_age_s)
-        self.declare_parameter("max_invalid_s", d.max_invalid_s)
-        self.declare_parameter("image_size", d.image_size)  # [height, width]; [0, 0] accepts any size
-        self.declare_parameter("success_topic", ri.TOPIC_SUCCESS)
-        # "" (default): the checkpoint's vla_config `device` (cpu for checkpoints without one); or auto | cpu | cuda[:N]
-        self.declare_parameter("device", "")
-        self.declare_parameter("dtype", "")  # "" the checkpoint's backbone dtype; float32 | float16 | bfloat16
-        self.declare_parameter("torch_threads", 1)  # intra-op threads on CPU (the tiny model is fastest on one)
-        gp = lambda name: self.get_parameter(name).value  # noqa: E731
-
-        checkpoint = str(gp("checkpoint") or "").strip()
-        if not checkpoint:
+        p = declare_config(self, PolicyServerParams)
+        if not p.checkpoint.strip():
             raise ValueError("parameter 'checkpoint' is required: a VLA checkpoint directory "
                              "(policy_server --ros-args -p checkpoint:=PATH)")
-        image_size = [int(v) for v in (gp("image_size") or [])]
-        config = PolicyServerConfig(
-            control_hz=float(gp("control_rate")), deadline_budget_s=float(gp("deadline_budget_s")),
-            default_timeout_s=float(gp("default_timeout_s")), max_frame_age_s=float(gp("max_frame_age_s")),
-            max_frame_skew_s=float(gp("max_frame_skew_s")), max_state_age_s=float(gp("max_state_age_s")),
-            max_invalid_s=float(gp("max_invalid_s")),
-            image_size=[] if not image_size or not any(image_size) else image_size)
-        if int(gp("torch_threads")) > 0:
+        config = p.server_config()
+        if p.torch_threads > 0:
             import torch
-            torch.set_num_threads(int(gp("torch_threads")))
+            torch.set_num_threads(p.torch_threads)
         t0 = time.monotonic()
-        self.core = PolicyServerCore.from_checkpoint(checkpoint, config, device=str(gp("device") or "").strip(),
-                                                 dtype=str(gp("dtype") or "").strip())
+        self.core = PolicyServerCore.from_checkpoint(p.checkpoint.strip(), config, device=p.device.strip(),
+                                                 dtype=p.dtype.strip())
         load_s = time.monotonic() - t0
-        self.publish_latents = bool(gp("publish_latents"))
-        try:
-            topics = list(gp("cameras") or [])
-        except ParameterUninitializedException:  # not given
-            topics = []
-        topics = topics or list(self.core.cameras)
+        self.publish_latents = p.publish_latents
+        topics = list(p.cameras) or list(self.core.cameras)
         if len(topics) != len(self.core.cameras):
             raise ValueError(f"parameter 'cameras' names {len(topics)} topic(s) {topics}, but the policy reads "
                              f"{len(self.core.cameras)} camera(s) {list(self.core.cameras)}")
         self.camera_topics = dict(zip(self.core.cameras, topics))
         for cam, topic in self.camera_topics.items():
             self.core.camera_labels[cam] = f"{cam} ({ri.camera_topic(topic)})"
-        self.set_latent_instruction(str(gp("latent_instruction")))
+        self.set_latent_instruction(p.latent_instruction)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.callback_errors = 0
@@ -150,7 +152,7 @@ class PolicyServerNode(Node):
         for cam, topic in self.camera_topics.items():
             self.create_subscription(Image, ri.camera_topic(topic), lambda m, c=cam: self._on_image(c, m),
                                      ri.LATEST_QOS, callback_group=group)
-        self.create_subscription(Bool, str(gp("success_topic")), self._on_success, ri.LATCHED_QOS,
+        self.create_subscription(Bool, p.success_topic, self._on_success, ri.LATCHED_QOS,
                                  callback_group=group)
         self.pub_latents = self.create_publisher(Latent, ri.TOPIC_POLICY_LATENTS, ri.LATENT_QOS)
         self.pub_status = self.create_publisher(String, ri.TOPIC_POLICY_STATUS, ri.LATCHED_QOS)
@@ -164,7 +166,7 @@ class PolicyServerNode(Node):
         self._thread = threading.Thread(target=self._control_loop, name="policy-control", daemon=True)
         self._thread.start()
         self.get_logger().info(
-            f"policy_server up: checkpoint={checkpoint} (loaded in {load_s:.1f} s on {self.core.device}) "
+            f"policy_server up: checkpoint={p.checkpoint} (loaded in {load_s:.1f} s on {self.core.device}) "
             f"vlm_id={self.core.vlm_id} "
             f"cameras={self.camera_topics} rate={config.control_hz} Hz budget={config.deadline_budget_s * 1e3:.0f} ms")
         self._publish_status()

@@ -19,7 +19,7 @@ import dataclasses
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -29,72 +29,79 @@ from rl_agent.robot_env import ActorHarvest, RosLatentEnv, task_category
 from sim_twin import seeds
 
 
+# ---------------------------------------------------------------------------------------------- parameters
+@dataclasses.dataclass(frozen=True)
+class ActorParams:
+    """rl_actor's ROS parameters (robot_server.ros_main.declare_config declares one per field)."""
+    checkpoint: str = ""  # the stage-0 VLA checkpoint directory (required)
+    task: str = "pick_eggplant"
+    task_file: str = ""  # comma-separated task files (e.g. MetaWorld's) beside the built-in registry
+    out_dir: str = "runs/rl_actor"
+    config: str = ""  # a session YAML whose `sac:` section overrides the agent's
+    actor_id: str = "actor0"
+    mode: str = "twin"  # twin: its own twin; robot: latents from the policy server, actions to the robot server
+    seed: int = 0
+    demos: int = 20
+    demo_source: str = "vla"
+    reward: str = "twin"
+    classifier: str = ""
+    rate_hz: float = 10.0
+    chunk_steps: int = 10
+    heartbeat_period_s: float = 0.5
+    learner_timeout_s: float = 3.0
+    silent_report_s: float = 5.0
+    outbox_mb: int = 256
+    resend_after_s: float = 3.0
+    max_episodes: int = 0
+    max_episode_steps: int = 0
+    auto_reset: bool = True
+    image_size: int = 0
+    intervention_device: str = ""  # spacemouse | keyboard
+    teleop_config: str = ""
+    console: Union[bool, str] = "auto"  # auto | on | off (ROS reads on/off as booleans)
+    minutes: float = 0.0  # session budget (0: until stopped)
+    harvest: bool = True  # successful episodes -> out_dir/harvest
+    demo_data: str = ""  # recorded episodes (expert-set format) as demos
+    demo_episodes: int = 20
+
+    def __post_init__(self):
+        if self.mode not in ("twin", "robot"):
+            raise ValueError(f"mode must be twin or robot, got {self.mode!r}")
+
+
 # ---------------------------------------------------------------------------------------------- ROS node
 def main(argv: Optional[list[str]] = None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException
     from rclpy.node import Node
-    from rcl_interfaces.msg import ParameterDescriptor
     from rclpy.qos_event import SubscriptionEventCallbacks
     from std_srvs.srv import Trigger
 
-    from robot_server.ros_main import SteadyMultiThreadedExecutor, init_with_stop_event
+    from robot_server.ros_main import SteadyMultiThreadedExecutor, declare_config, init_with_stop_event
+    from robot_server.typed_config import ConfigError
 
     stop = init_with_stop_event(argv)
     from irevla_interfaces.msg import Blob
 
     node = Node("rl_actor", namespace="/irevla")
-    # One literal declare_parameter per parameter (tests/test_launch_params.py checks graphs against them).
-    p = {
-        "checkpoint": node.declare_parameter("checkpoint", "").value,
-        "task": node.declare_parameter("task", "pick_eggplant").value,
-        "task_file": node.declare_parameter("task_file", "").value,
-        "out_dir": node.declare_parameter("out_dir", "runs/rl_actor").value,
-        "config": node.declare_parameter("config", "").value,
-        "actor_id": node.declare_parameter("actor_id", "actor0").value,
-        "mode": node.declare_parameter("mode", "twin").value,
-        "seed": node.declare_parameter("seed", 0).value,
-        "demos": node.declare_parameter("demos", 20).value,
-        "demo_source": node.declare_parameter("demo_source", "vla").value,
-        "reward": node.declare_parameter("reward", "twin").value,
-        "classifier": node.declare_parameter("classifier", "").value,
-        "rate_hz": node.declare_parameter("rate_hz", 10.0).value,
-        "chunk_steps": node.declare_parameter("chunk_steps", 10).value,
-        "heartbeat_period_s": node.declare_parameter("heartbeat_period_s", 0.5).value,
-        "learner_timeout_s": node.declare_parameter("learner_timeout_s", 3.0).value,
-        "silent_report_s": node.declare_parameter("silent_report_s", 5.0).value,
-        "outbox_mb": node.declare_parameter("outbox_mb", 256).value,
-        "resend_after_s": node.declare_parameter("resend_after_s", 3.0).value,
-        "max_episodes": node.declare_parameter("max_episodes", 0).value,
-        "max_episode_steps": node.declare_parameter("max_episode_steps", 0).value,
-        "auto_reset": node.declare_parameter("auto_reset", True).value,
-        "image_size": node.declare_parameter("image_size", 0).value,
-        "intervention_device": node.declare_parameter("intervention_device", "").value,  # spacemouse | keyboard
-        "teleop_config": node.declare_parameter("teleop_config", "").value,
-        # operator keys in this terminal (robot mode): auto | on | off. ROS types on/off as booleans on the command
-        # line, so the parameter takes either.
-        "console": node.declare_parameter("console", "auto", ParameterDescriptor(dynamic_typing=True)).value,
-        "minutes": node.declare_parameter("minutes", 0.0).value,  # session budget (0: until stopped)
-        "harvest": node.declare_parameter("harvest", True).value,  # successful episodes -> out_dir/harvest
-        "demo_data": node.declare_parameter("demo_data", "").value,  # recorded episodes (expert-set format) as demos
-        "demo_episodes": node.declare_parameter("demo_episodes", 20).value,
-    }
     logger = node.get_logger()
-    if not p["checkpoint"]:
+    try:
+        p = declare_config(node, ActorParams)
+    except ConfigError as exc:
+        logger.error(f"rl_actor: {exc}")
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 2
+    if not p.checkpoint:
         logger.error("rl_actor: set the parameter checkpoint:=<stage-0 VLA checkpoint directory>")
         node.destroy_node()
         rclpy.try_shutdown()
         return 2
-    if p["mode"] == "robot" and p["demo_source"] != "vla":
-        logger.warning(f"rl_actor: demo_source {p['demo_source']!r} needs the twin's scripted expert; on the robot the "
+    if p.mode == "robot" and p.demo_source != "vla":
+        logger.warning(f"rl_actor: demo_source {p.demo_source!r} needs the twin's scripted expert; on the robot the "
                        "demos come from the VLA (demo_source vla)")
-        p["demo_source"] = "vla"
-    if p["mode"] not in ("twin", "robot"):
-        logger.error(f"rl_actor: mode must be twin or robot, got {p['mode']!r}")
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return 2
-    if p["mode"] == "twin":  # renders its own twin: a working offscreen GL backend before mujoco loads
+        p = dataclasses.replace(p, demo_source="vla")
+    if p.mode == "twin":  # renders its own twin: a working offscreen GL backend before mujoco loads
         from robot_server.mujoco_gl import ensure_mujoco_gl
         ensure_mujoco_gl()
 
@@ -103,13 +110,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     from rl_agent.episodes import EpisodeRunner, agent_policy
     from rl_agent.rewards import AnyOfReward, OperatorReward, RewardConfig, make_reward_source
 
-    agent, vla = build_agent(p["checkpoint"], load_sac_overrides(p["config"]), int(p["seed"]))
+    agent, vla = build_agent(p.checkpoint, load_sac_overrides(p.config), int(p.seed))
     encoder = LatentEncoder(vla, torch_threads=1)
-    out = Path(p["out_dir"])
+    out = Path(p.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    core = ActorCore(agent, p["actor_id"], tp.Outbox(int(p["outbox_mb"]) << 20, float(p["resend_after_s"])),
-                     float(p["learner_timeout_s"]), float(p["silent_report_s"]), log=logger.info, warn=logger.warning)
-    data_qos, params_qos, hb_qos = tp.qos_profiles(float(p["heartbeat_period_s"]))
+    core = ActorCore(agent, p.actor_id, tp.Outbox(int(p.outbox_mb) << 20, float(p.resend_after_s)),
+                     float(p.learner_timeout_s), float(p.silent_report_s), log=logger.info, warn=logger.warning)
+    data_qos, params_qos, hb_qos = tp.qos_profiles(float(p.heartbeat_period_s))
     pub_data = node.create_publisher(Blob, tp.TOPIC_TRANSITIONS, data_qos)
     pub_status = node.create_publisher(Blob, tp.TOPIC_ACTOR_STATUS, hb_qos)
     hb_seq = [0]
@@ -165,15 +172,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         if msg:
             logger.warning(msg)
 
-    node.create_timer(float(p["heartbeat_period_s"]), tick)
+    node.create_timer(float(p.heartbeat_period_s), tick)
 
     # The configured success source, plus the operator's marks through the services (always available: on the
     # real robot they are the reward; in the twin they let a person or a test end an episode).
     operator = OperatorReward()
-    if p["reward"] == "operator":
+    if p.reward == "operator":
         reward = operator
     else:
-        base = make_reward_source(RewardConfig(source=p["reward"], classifier_path=p["classifier"] or None))
+        base = make_reward_source(RewardConfig(source=p.reward, classifier_path=p.classifier or None))
         reward = AnyOfReward([base, operator])
 
     def marker(success: bool):
@@ -186,27 +193,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     node.create_service(Trigger, tp.SRV_MARK_SUCCESS, marker(True))
     node.create_service(Trigger, tp.SRV_MARK_FAILURE, marker(False))
 
-    if p["mode"] == "twin":
-        env = LatentEnv(encoder, p["task"], task_files=[f for f in p["task_file"].split(",") if f],
-                        image_size=int(p["image_size"]) or None, keep_images=bool(p["harvest"]),
-                        max_episode_steps=int(p["max_episode_steps"]) or None)
+    if p.mode == "twin":
+        env = LatentEnv(encoder, p.task, task_files=[f for f in p.task_file.split(",") if f],
+                        image_size=int(p.image_size) or None, keep_images=bool(p.harvest),
+                        max_episode_steps=int(p.max_episode_steps) or None)
     else:
-        env = RosLatentEnv(node, encoder.latent_shape, int(p["max_episode_steps"]) or 100, float(p["rate_hz"]),
-                           bool(p["auto_reset"]), stop, log=logger.info, keep_images=bool(p["harvest"]),
+        env = RosLatentEnv(node, encoder.latent_shape, int(p.max_episode_steps) or 100, float(p.rate_hz),
+                           bool(p.auto_reset), stop, log=logger.info, keep_images=bool(p.harvest),
                            cameras=tuple(encoder.cameras))
-        env.task, env.category = p["task"], task_category(p["task"], p["task_file"])
-    harvest = ActorHarvest(out / "harvest", tuple(encoder.cameras), p["actor_id"], logger) if p["harvest"] else None
+        env.task, env.category = p.task, task_category(p.task, p.task_file)
+    harvest = ActorHarvest(out / "harvest", tuple(encoder.cameras), p.actor_id, logger) if p.harvest else None
     interventions = None
-    if p["intervention_device"]:
+    if p.intervention_device:
         from rl_agent.interventions import InterventionConfig, make_interventions
         from teleop.controller import TeleopConfig
         try:
-            teleop = TeleopConfig.from_yaml(p["teleop_config"]) if p["teleop_config"] else TeleopConfig()
-            teleop = dataclasses.replace(teleop, device=p["intervention_device"])
+            teleop = TeleopConfig.from_yaml(p.teleop_config) if p.teleop_config else TeleopConfig()
+            teleop = dataclasses.replace(teleop, device=p.intervention_device)
             interventions = make_interventions(InterventionConfig(enabled=True, teleop=teleop))
             interventions.open()
         except Exception as exc:  # teleop.devices.DeviceError: no SpaceMouse, no terminal
-            logger.error(f"rl_actor: intervention device {p['intervention_device']!r}: {exc}")
+            logger.error(f"rl_actor: intervention device {p.intervention_device!r}: {exc}")
             env.close()
             node.destroy_node()
             rclpy.try_shutdown()
@@ -215,9 +222,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     from rl_agent.operator_console import SessionStatus, open_console
     from rl_agent.session_log import EpisodeLog
     session = SessionStatus()
-    elog = EpisodeLog(out, p["task"])  # episodes.jsonl, tb/, success_rate.png, summary.json
-    elog.extra["harvest_dir"] = str(out / "harvest") if p["harvest"] else None
-    t_end = time.monotonic() + 60.0 * float(p["minutes"]) if float(p["minutes"]) > 0 else None
+    elog = EpisodeLog(out, p.task)  # episodes.jsonl, tb/, success_rate.png, summary.json
+    elog.extra["harvest_dir"] = str(out / "harvest") if p.harvest else None
+    t_end = time.monotonic() + 60.0 * float(p.minutes) if float(p.minutes) > 0 else None
 
     def status() -> SessionStatus:
         session.transitions, session.params_version = core.env_steps, core.params_version
@@ -227,8 +234,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return session
 
     try:
-        setting = ("on" if p["console"] else "off") if isinstance(p["console"], bool) else str(p["console"])
-        console = open_console(setting, p["mode"], p["intervention_device"], operator.mark,
+        setting = ("on" if p.console else "off") if isinstance(p.console, bool) else str(p.console)
+        console = open_console(setting, p.mode, p.intervention_device, operator.mark,
                                getattr(env, "start_episode", lambda: None), status, logger.info)
     except Exception as exc:  # console:=on without a terminal, a bad setting
         logger.error(f"rl_actor: operator console: {exc}")
@@ -247,20 +254,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     executor.add_node(node)
     spinner = threading.Thread(target=lambda: _spin(executor, stop), name="rl_actor_spin", daemon=True)
     spinner.start()
-    rng = np.random.default_rng(int(p["seed"]) + 1)
-    rate_hz = float(p["rate_hz"]) if p["mode"] == "twin" else 0.0  # robot mode paces itself in RosLatentEnv
+    rng = np.random.default_rng(int(p.seed) + 1)
+    rate_hz = float(p.rate_hz) if p.mode == "twin" else 0.0  # robot mode paces itself in RosLatentEnv
     code = 0
     try:
-        if p["demo_data"]:  # the operator's recorded episodes first: no scene resets needed for them
+        if p.demo_data:  # the operator's recorded episodes first: no scene resets needed for them
             from rl_agent.recorded_demos import send_recorded_demos
-            session.demos = send_recorded_demos(p["demo_data"], encoder, out, p["task"], int(p["demo_episodes"]),
+            session.demos = send_recorded_demos(p.demo_data, encoder, out, p.task, int(p.demo_episodes),
                                                 agent.prepare_observations, send, logger.info)
-        session.demos += send_demos(core, runner, encoder, out, int(p["demos"]), p["demo_source"], int(p["seed"]),
+        session.demos += send_demos(core, runner, encoder, out, int(p.demos), p.demo_source, int(p.seed),
                                     send, stop, logger.info, harvest=harvest)
-        builder = tp.ChunkBuilder(int(p["chunk_steps"]))
+        builder = tp.ChunkBuilder(int(p.chunk_steps))
         ep = len(elog.episodes)  # a restarted actor goes on from its episode log
         session.episode, session.finished, session.successes = ep, ep, sum(elog.successes)
-        while not stop.is_set() and (int(p["max_episodes"]) <= 0 or ep < int(p["max_episodes"])) \
+        while not stop.is_set() and (int(p.max_episodes) <= 0 or ep < int(p.max_episodes)) \
                 and (t_end is None or time.monotonic() < t_end):
             t_next = [time.monotonic()]
 
@@ -277,9 +284,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                     else:
                         t_next[0] = time.monotonic()
 
-            res = runner.run(seeds.seed("online_rl", int(p["seed"]) * 1_000_000 + ep),
+            res = runner.run(seeds.seed("online_rl", int(p.seed) * 1_000_000 + ep),
                              agent_policy(core.current_agent, False, rng),
-                             keep_images=bool(p["harvest"]), on_reset=builder.start, on_step=on_step,
+                             keep_images=bool(p.harvest), on_reset=builder.start, on_step=on_step,
                              should_stop=stop.is_set,
                              allow_interventions=interventions is not None)
             last = builder.flush()

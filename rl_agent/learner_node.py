@@ -40,6 +40,18 @@ class LearnerConfig:
     seed: int = 0
 
 
+@dataclass
+class LearnerParams(LearnerConfig):
+    """rl_learner's ROS parameters: the learner core's config plus the node's own (one parameter per field,
+    declared by robot_server.ros_main.declare_config)."""
+    checkpoint: str = ""  # the stage-0 VLA checkpoint directory (required): the SAC agent's shapes and the hand-back
+    out_dir: str = "runs/rl_learner"
+    config: str = ""  # a session YAML whose `sac:` section overrides the agent's
+    learner_id: str = ""  # default: learner-<random>
+    heartbeat_period_s: float = 0.5
+    actor_timeout_s: float = 3.0
+
+
 class LearnerCore:
     def __init__(self, agent, make_buffer: Callable[[int], Any], cfg: LearnerConfig, out_dir: Optional[Path] = None,
                  log: Callable[[str], None] = print):
@@ -187,45 +199,35 @@ def main(argv: Optional[list[str]] = None) -> int:
     from rclpy.node import Node
     from rclpy.qos_event import SubscriptionEventCallbacks
 
-    from robot_server.ros_main import SteadyMultiThreadedExecutor, init_with_stop_event
+    from robot_server.ros_main import SteadyMultiThreadedExecutor, declare_config, init_with_stop_event
+    from robot_server.typed_config import ConfigError
 
     stop = init_with_stop_event(argv)
     from irevla_interfaces.msg import Blob
 
     node = Node("rl_learner", namespace="/irevla")
-    # One literal declare_parameter per parameter (tests/test_launch_params.py checks graphs against them).
-    p = {
-        "checkpoint": node.declare_parameter("checkpoint", "").value,
-        "out_dir": node.declare_parameter("out_dir", "runs/rl_learner").value,
-        "config": node.declare_parameter("config", "").value,
-        "learner_id": node.declare_parameter("learner_id", "").value,
-        "push_every": node.declare_parameter("push_every", 50).value,
-        "learning_starts": node.declare_parameter("learning_starts", 100).value,
-        "max_updates_per_transition": node.declare_parameter("max_updates_per_transition", 0.0).value,
-        "heartbeat_period_s": node.declare_parameter("heartbeat_period_s", 0.5).value,
-        "actor_timeout_s": node.declare_parameter("actor_timeout_s", 3.0).value,
-        "checkpoint_every_updates": node.declare_parameter("checkpoint_every_updates", 2000).value,
-        "checkpoint_every_minutes": node.declare_parameter("checkpoint_every_minutes", 3.0).value,
-        "seed": node.declare_parameter("seed", 0).value,
-    }
+    try:
+        p = declare_config(node, LearnerParams)
+    except ConfigError as exc:
+        node.get_logger().error(f"rl_learner: {exc}")
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 2
     log = node.get_logger().info
-    if not p["checkpoint"]:
+    if not p.checkpoint:
         node.get_logger().error("rl_learner: set the parameter checkpoint:=<stage-0 VLA checkpoint directory>")
         node.destroy_node()
         rclpy.try_shutdown()
         return 2
-    learner_id = p["learner_id"] or f"learner-{uuid.uuid4().hex[:6]}"
-    cfg = LearnerConfig(push_every=int(p["push_every"]), learning_starts=int(p["learning_starts"]),
-                        max_updates_per_transition=float(p["max_updates_per_transition"]),
-                        checkpoint_every_updates=int(p["checkpoint_every_updates"]),
-                        checkpoint_every_minutes=float(p["checkpoint_every_minutes"]), seed=int(p["seed"]))
-    agent, _ = build_agent(p["checkpoint"], load_sac_overrides(p["config"]), cfg.seed, with_vla=False)
+    learner_id = p.learner_id or f"learner-{uuid.uuid4().hex[:6]}"
+    cfg = p  # LearnerParams is a LearnerConfig with the node's own fields
+    agent, _ = build_agent(p.checkpoint, load_sac_overrides(p.config), cfg.seed, with_vla=False)
     from rl_agent.buffers import LatentReplayBuffer
     shape = tuple(agent.stored_latent_shape)
-    core = LearnerCore(agent, lambda cap: LatentReplayBuffer(cap, shape), cfg, Path(p["out_dir"]), log=log)
+    core = LearnerCore(agent, lambda cap: LatentReplayBuffer(cap, shape), cfg, Path(p.out_dir), log=log)
     core.restore()
 
-    data_qos, params_qos, hb_qos = tp.qos_profiles(float(p["heartbeat_period_s"]))
+    data_qos, params_qos, hb_qos = tp.qos_profiles(float(p.heartbeat_period_s))
     inbox_msgs: deque = deque()
     wake = threading.Event()
 
@@ -244,7 +246,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return
         live = actors.get(msg.sender)
         if live is None:
-            live = actors[msg.sender] = tp.Liveness(float(p["actor_timeout_s"]))
+            live = actors[msg.sender] = tp.Liveness(float(p.actor_timeout_s))
             log(f"actor {msg.sender} connected (acting with params v{hb.get('params_version')})")
         ended = live.heard()
         if ended is not None:
@@ -281,10 +283,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 node.get_logger().warning(f"actor {sender} silent for {live.silence():.1f} s; training on with "
                                           f"{len(core.online)} online / {len(core.demo)} demo transitions")
 
-    node.create_timer(float(p["heartbeat_period_s"]), heartbeat)
+    node.create_timer(float(p.heartbeat_period_s), heartbeat)
 
     from rl_agent.session_log import TensorBoard
-    tb = TensorBoard(Path(p["out_dir"]), purge_step=core.updates)  # steps: updates (a resumed run replays none)
+    tb = TensorBoard(Path(p.out_dir), purge_step=core.updates)  # steps: updates (a resumed run replays none)
 
     def train_loop() -> None:
         last_report = last_tb = time.monotonic()
@@ -326,10 +328,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             from rl_agent.bridge import hand_back
             if not vla_box:
                 from policy.model import load_vla
-                vla_box.append(load_vla(p["checkpoint"]))
-            path = hand_back(vla_box[0], core.agent, Path(p["out_dir"]) / "rl_head_ckpt",
+                vla_box.append(load_vla(p.checkpoint))
+            path = hand_back(vla_box[0], core.agent, Path(p.out_dir) / "rl_head_ckpt",
                              {"rl_updates": core.updates, "params_version": core.params_version,
-                              "stage0_checkpoint": str(p["checkpoint"])})
+                              "stage0_checkpoint": str(p.checkpoint)})
             log(f"learner: RL head handed back into {path} ({core.updates} updates)")
         except Exception as exc:  # noqa: BLE001 - the session goes on; the next checkpoint tries again
             node.get_logger().error(f"learner: hand-back failed: {type(exc).__name__}: {exc}")

@@ -5,6 +5,7 @@ thread-bound); the executor never renders. Publishing from that thread is thread
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import threading
@@ -12,7 +13,6 @@ import time
 from typing import Optional
 
 import numpy as np
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.context import Context
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -20,7 +20,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from robot_server import ros_interface as ri
 from robot_server.cameras.base import CameraSource, Frame
-from robot_server.robot_node import stamp_msg
+from robot_server.ros_main import declare_config, stamp_msg
 
 LOG = logging.getLogger("robot_server.camera_node")
 
@@ -54,6 +54,25 @@ def frame_to_msg(frame: Frame) -> Image:
     return msg
 
 
+def _param(help: str, **field):
+    return dataclasses.field(metadata={"help": help, "read_only": True}, **field)
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraParams:
+    """camera_node's ROS parameters (robot_server.ros_main.declare_config), all read-only."""
+    source: str = _param("camera source (robot_server/cameras: realsense; the sim cameras come with sim_bringup)",
+                         default="sim")
+    config: str = _param("YAML of the source, e.g. config/backends/realsense.yaml", default="")
+    rate: float = _param("frames per second per camera, (0, 120] Hz", default=10.0)
+    cameras: list[str] = _param("only these cameras of the config (one node per RealSense serial); empty: all",
+                                default_factory=list)
+
+    def __post_init__(self):
+        if not (0.0 < self.rate <= 120.0):
+            raise ValueError(f"rate must be in (0, 120] Hz, got {self.rate}")
+
+
 class CameraNode(Node):
     """Publishes every camera of `source`; without one (the `camera_node` executable) the node builds it from its own
     `source` and `config` parameters, so all three parameters are declared and listed by `ros2 param list`."""
@@ -63,26 +82,17 @@ class CameraNode(Node):
                  parameter_overrides: Optional[list[Parameter]] = None, autostart: bool = True):
         super().__init__(node_name, context=context, namespace=namespace,
                          parameter_overrides=parameter_overrides or [])
-        kind = self.declare_parameter("source", "sim", ParameterDescriptor(
-            description="camera source (robot_server/cameras: realsense; the sim cameras come with sim_bringup)",
-            read_only=True)).value
-        config = self.declare_parameter("config", "", ParameterDescriptor(
-            description="YAML of the source, e.g. config/backends/realsense.yaml", read_only=True)).value
-        rate = float(self.declare_parameter("rate", 10.0, ParameterDescriptor(
-            description="frames per second per camera, (0, 120] Hz", read_only=True)).value)
-        only = [str(c) for c in self.declare_parameter("cameras", [""], ParameterDescriptor(
-            description="only these cameras of the config (one node per RealSense serial); empty: all",
-            read_only=True)).value if str(c)]
         try:
-            if not (0.0 < rate <= 120.0):
-                raise ValueError(f"rate must be in (0, 120] Hz, got {rate}")
+            p = declare_config(self, CameraParams)
             if source is None:
                 from robot_server.cameras import make_camera_source
                 from robot_server.config import resolve_config
-                source = make_camera_source(kind, str(resolve_config(config)) if config else None, names=only)
+                source = make_camera_source(p.source, str(resolve_config(p.config)) if p.config else None,
+                                            names=[c for c in p.cameras if c])
         except Exception:
             super().destroy_node()  # nothing else was created yet
             raise
+        rate = p.rate
         self.period = 1.0 / rate
         self.source = source
         self.pubs = {name: self.create_publisher(Image, ri.camera_topic(name), ri.IMAGE_QOS) for name in source.names}

@@ -5,6 +5,7 @@ timer, and makes sure no message, however malformed, can raise out of a callback
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -19,7 +20,6 @@ from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.time import Time
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
@@ -29,20 +29,37 @@ from robot_server.backends.base import RobotBackend, RobotState
 from robot_server.cell_frames import tcp_transform
 from robot_server.config import check_backend_home, load_safety_config, resolve_config
 from robot_server.server_core import RobotServerCore
-from robot_server.ros_main import SteadyMultiThreadedExecutor, init_with_stop_event
+from robot_server.ros_main import SteadyMultiThreadedExecutor, declare_config, init_with_stop_event, stamp_msg
 
 LOG = logging.getLogger("robot_server.robot_node")
-
-
-def stamp_msg(seconds: float):
-    """builtin_interfaces/Time from wall-clock seconds since the epoch."""
-    return Time(nanoseconds=int(round(seconds * 1e9))).to_msg()
 
 
 def make_backend(kind: str, task: Optional[str], seed: Optional[int], config="") -> RobotBackend:
     """The backend registered as `kind` (robot_server/backends/__init__.py), configured from the YAML `config`."""
     from robot_server.backends import make_backend as make
     return make(kind, config or None, task=task, seed=seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class RobotParams:
+    """robot_node's ROS parameters (robot_server.ros_main.declare_config declares one per field)."""
+    backend: str = "sim"  # robot_server/backends: sim | fr3 | panda | franka_ros2 | ...
+    backend_config: str = ""  # YAML for hardware backends (config/backends/*.yaml)
+    sim_image_size: int = 0  # sim backend: camera render size (0: the twin's default)
+    task: str = ""
+    seed: int = 0
+    rate: float = 50.0
+    safety_config: str = ""
+    base_frame: str = ri.BASE_FRAME
+    status_rate: float = 10.0
+    scene_rate: float = 10.0
+    # Camera extrinsics for TF (robot_server/cell_frames.py): a calibration YAML, or "" for the backend's own
+    # (the twin's model); a real cell without one publishes the TCP frame alone.
+    calibration: str = ""
+
+    def __post_init__(self):
+        if not (0.0 < self.rate <= 1000.0):
+            raise ValueError(f"rate must be in (0, 1000] Hz, got {self.rate}")
 
 
 class RobotNode(Node):
@@ -53,46 +70,28 @@ class RobotNode(Node):
                  parameter_overrides: Optional[list[Parameter]] = None):
         super().__init__(node_name, context=context, namespace=namespace,
                          parameter_overrides=parameter_overrides or [])
-        self.declare_parameter("backend", "sim")
-        self.declare_parameter("backend_config", "")  # YAML for hardware backends (config/backends/*.yaml)
-        self.declare_parameter("sim_image_size", 0)  # sim backend: camera render size (0: the twin's default)
-        self.declare_parameter("task", "")
-        self.declare_parameter("seed", 0)
-        self.declare_parameter("rate", 50.0)
-        self.declare_parameter("safety_config", "")
-        self.declare_parameter("base_frame", ri.BASE_FRAME)
-        self.declare_parameter("status_rate", 10.0)
-        self.declare_parameter("scene_rate", 10.0)
-        # Camera extrinsics for TF (robot_server/cell_frames.py): a calibration YAML, or "" for the backend's own
-        # (the twin's model); a real cell without one publishes the TCP frame alone.
-        self.declare_parameter("calibration", "")
-        p = {n: self.get_parameter(n).value for n in ("backend", "task", "seed", "rate", "safety_config",
-                                                       "base_frame")}
+        p = self.params = declare_config(self, RobotParams)
         from robot_server.backends import backend_name, default_backend_config
-        p["backend"] = backend_name(p["backend"])  # fr3 / panda as the launch graphs name them
-        rate = float(p["rate"])
-        if not (0.0 < rate <= 1000.0):
-            raise ValueError(f"rate must be in (0, 1000] Hz, got {rate}")
+        kind = backend_name(p.backend)  # fr3 / panda as the launch graphs name them
+        rate = p.rate
         self.owns_backend = backend is None
-        backend_config = self.get_parameter("backend_config").value
+        backend_config = p.backend_config
         if backend_config:  # config/backends/... works from any directory (robot_server/config.py)
             backend_config = str(resolve_config(backend_config))
         elif backend is None:
-            backend_config = default_backend_config(p["backend"]) or ""
-        sim_size = int(self.get_parameter("sim_image_size").value)
-        if p["backend"] == "sim" and sim_size > 0 and not backend_config:
-            backend_config = {"image_size": sim_size}
-        safety_config = load_safety_config(p["safety_config"] or None)
+            backend_config = default_backend_config(kind) or ""
+        if kind == "sim" and p.sim_image_size > 0 and not backend_config:
+            backend_config = {"image_size": p.sim_image_size}
+        safety_config = load_safety_config(p.safety_config or None)
         if backend is None:
             # The backend's home against the safety box, before connecting to anything: a Cartesian home outside
             # it is a ConfigError naming the field (robot_server/config.py).
-            check_backend_home(p["backend"], backend_config or None, safety_config)
-        self.backend = backend if backend is not None else make_backend(
-            p["backend"], p["task"], int(p["seed"]), backend_config)
-        self.base_frame = p["base_frame"]
+            check_backend_home(kind, backend_config or None, safety_config)
+        self.backend = backend if backend is not None else make_backend(kind, p.task, p.seed, backend_config)
+        self.base_frame = p.base_frame
         try:
-            self.core = RobotServerCore(self.backend, safety_config=safety_config, task=p["task"] or None,
-                                        seed=int(p["seed"]), base_frame=self.base_frame)
+            self.core = RobotServerCore(self.backend, safety_config=safety_config, task=p.task or None,
+                                        seed=p.seed, base_frame=self.base_frame)
         except Exception:
             if self.owns_backend:
                 self.backend.close()
@@ -102,8 +101,8 @@ class RobotNode(Node):
         self._has_scene = callable(getattr(self.backend, "scene_json", None))
         # Status/success and the scene ground truth (sim only: object poses for out-of-process scripted experts)
         # every n-th tick: they change slowly and cost more than the state messages.
-        self._status_every = self._every(rate, "status_rate")
-        self._scene_every = self._every(rate, "scene_rate")
+        self._status_every = self._every(rate, p.status_rate)
+        self._scene_every = self._every(rate, p.scene_rate)
         self._tick_count = 0
         self.callback_errors = 0
 
@@ -130,7 +129,7 @@ class RobotNode(Node):
         self.create_service(SetBool, ri.SRV_GRIPPER, self._on_gripper, callback_group=group)
         self._setup_tf()
         self.timer = self.create_timer(1.0 / rate, self._guard(self._on_tick), callback_group=group)
-        self.get_logger().info(f"robot_node up: backend={p['backend']} task={p['task'] or '-'} seed={p['seed']} "
+        self.get_logger().info(f"robot_node up: backend={kind} task={p.task or '-'} seed={p.seed} "
                                f"rate={rate} Hz")
 
     def _setup_tf(self) -> None:
@@ -145,7 +144,7 @@ class RobotNode(Node):
         self._tf_msg = TFMessage
         self.pub_tf = self.create_publisher(TFMessage, ri.TOPIC_TF, ri.TF_QOS)
         self.pub_tf_static = self.create_publisher(TFMessage, ri.TOPIC_TF_STATIC, ri.TF_STATIC_QOS)
-        path = self.get_parameter("calibration").value
+        path = self.params.calibration
         if path:
             cams = cf.load_calibration(resolve_config(path))
         elif callable(getattr(self.backend, "camera_calibration", None)):
@@ -168,8 +167,9 @@ class RobotNode(Node):
         rot.w, rot.x, rot.y, rot.z = t.quat_wxyz
         return msg
 
-    def _every(self, rate: float, param: str) -> int:
-        return max(1, int(round(rate / max(1e-3, float(self.get_parameter(param).value)))))
+    @staticmethod
+    def _every(rate: float, every_hz: float) -> int:
+        return max(1, int(round(rate / max(1e-3, every_hz))))
 
     # ------------------------------------------------------------------ callbacks
     def _guard(self, fn):

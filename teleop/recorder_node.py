@@ -24,6 +24,7 @@ published latched on
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -48,7 +49,7 @@ from robot_server import ros_interface as ri
 from robot_server.client import image_to_array
 from teleop.episode_format import CameraConfig
 from teleop.recorder import EpisodeRecorder, RecorderConfig, RecorderError
-from robot_server.ros_main import SteadyMultiThreadedExecutor, init_with_stop_event
+from robot_server.ros_main import SteadyMultiThreadedExecutor, current_config, declare_config, init_with_stop_event
 
 LOG_THROTTLE_S = 1.0
 STALL_POLICIES = ("keep", "discard")
@@ -65,46 +66,52 @@ class _Latest:
         self.value, self.t, self.count = value, time.monotonic(), self.count + 1
 
 
+@dataclasses.dataclass(frozen=True)
+class RecorderParams:
+    """recorder_node's ROS parameters (robot_server.ros_main.declare_config). task, instruction, category,
+    task_category, operator and stall_policy are read again at each episode: `ros2 param set` works between them."""
+    out_dir: str = "data/expert"
+    config: str = ""  # optional YAML with a `recorder:` section (teleop/example_config.yaml)
+    cameras: list[str] = dataclasses.field(default_factory=lambda: ["front", "wrist"])
+    image_width: int = 224
+    image_height: int = 224
+    rate: float = 10.0
+    stale_s: float = 0.5
+    stall_policy: str = "keep"  # keep | discard: what a stall does to the episode
+    task: str = ""
+    instruction: str = ""
+    category: str = "teleop"  # the data's source, as `irevla collect` writes "scripted"
+    task_category: str = ""  # the task's registry category (expert / rl / unseen)
+    operator: str = ""
+    target_episodes: int = 0  # 0: the config's target
+
+    def __post_init__(self):
+        if self.stall_policy not in STALL_POLICIES:
+            raise ValueError(f"stall_policy must be one of {STALL_POLICIES}, got {self.stall_policy!r}")
+
+
 class RecorderNode(Node):
     def __init__(self, context: Optional[Context] = None, node_name: str = "recorder_node",
                  namespace: str = "/irevla", parameter_overrides: Optional[list[Parameter]] = None,
                  recorder: Optional[EpisodeRecorder] = None):
         super().__init__(node_name, context=context, namespace=namespace,
                          parameter_overrides=parameter_overrides)
-        self.declare_parameter("out_dir", "data/expert")
-        self.declare_parameter("config", "")  # optional YAML with a `recorder:` section (teleop/example_config.yaml)
-        self.declare_parameter("cameras", ["front", "wrist"])
-        self.declare_parameter("image_width", 224)
-        self.declare_parameter("image_height", 224)
-        self.declare_parameter("rate", 10.0)
-        self.declare_parameter("stale_s", 0.5)
-        self.declare_parameter("stall_policy", "keep")  # keep | discard: what a stall does to the episode
-        self.declare_parameter("task", "")
-        self.declare_parameter("instruction", "")
-        self.declare_parameter("category", "teleop")  # the data's source, as `irevla collect` writes "scripted"
-        self.declare_parameter("task_category", "")  # the task's registry category (expert / rl / unseen)
-        self.declare_parameter("operator", "")
-        self.declare_parameter("target_episodes", 0)  # 0: the config's target
-        p = lambda n: self.get_parameter(n).value  # noqa: E731
-
+        p = declare_config(self, RecorderParams)
         if recorder is None:
-            cfg = RecorderConfig.from_yaml(p("config")) if p("config") else RecorderConfig()
-            names = [str(n) for n in p("cameras") if str(n)]
+            cfg = RecorderConfig.from_yaml(p.config) if p.config else RecorderConfig()
+            names = [n for n in p.cameras if n]
             # A config file's cameras keep their sizes; otherwise image_width / image_height decide (the built-in
             # defaults must not override what the graph asked for).
-            known = {c.name: c for c in cfg.cameras} if p("config") else {}
-            cams = tuple(known.get(n) or CameraConfig(n, width=int(p("image_width")), height=int(p("image_height")))
-                         for n in names)
-            over = {"root": str(p("out_dir")), "cameras": cams, "control_hz": float(p("rate"))}
-            if int(p("target_episodes")) > 0:
-                over["target_episodes"] = int(p("target_episodes"))
+            known = {c.name: c for c in cfg.cameras} if p.config else {}
+            cams = tuple(known.get(n) or CameraConfig(n, width=p.image_width, height=p.image_height) for n in names)
+            over = {"root": p.out_dir, "cameras": cams, "control_hz": p.rate}
+            if p.target_episodes > 0:
+                over["target_episodes"] = p.target_episodes
             from dataclasses import replace
             recorder = EpisodeRecorder(replace(cfg, **over))
         self.recorder = recorder
         self.cameras = tuple(c.name for c in recorder.config.cameras)
-        self.stale_s = float(p("stale_s"))
-        if str(p("stall_policy")) not in STALL_POLICIES:
-            raise ValueError(f"stall_policy must be one of {STALL_POLICIES}, got {p('stall_policy')!r}")
+        self.stale_s = p.stale_s
         self.skipped: Counter = Counter()  # reason -> steps skipped (all episodes of this session)
         self.skipped_in_episode = 0
         self._episode_skips: Counter = Counter()  # reason -> steps skipped in the episode in progress
@@ -136,7 +143,7 @@ class RecorderNode(Node):
                         (ri.SRV_RECORDER_DISCARD, self._srv_discard),
                         (ri.SRV_RECORDER_QUIT, self._srv_quit)):
             self.create_service(Trigger, srv, cb, callback_group=group)
-        self.create_timer(1.0 / float(p("rate")), self._tick, callback_group=group)
+        self.create_timer(1.0 / p.rate, self._tick, callback_group=group)
         self.create_timer(1.0, self.publish_progress, callback_group=group)
         self.publish_progress()
         self.get_logger().info(f"recording into {recorder.root} (cameras {list(self.cameras)}); "
@@ -145,15 +152,15 @@ class RecorderNode(Node):
     # ------------------------------------------------------------------------------------ progress
     def progress_dict(self) -> dict:
         pr = self.recorder.progress()
-        p = lambda n: str(self.get_parameter(n).value)  # noqa: E731
+        p = current_config(self, RecorderParams)
         return {"done": pr.done, "target": pr.target, "failed": pr.failed, "per_task": pr.per_task,
                 "seconds_per_episode": pr.mean_episode_s, "seconds_per_cycle": pr.mean_cycle_s, "eta_s": pr.eta_s,
                 "recording": pr.recording, "steps_in_progress": pr.steps_in_progress,
                 "skipped_steps": dict(self.skipped), "skipped_in_episode": self.skipped_in_episode,
                 "stalled": self.stalled if pr.recording else "",
-                "task": p("task"), "instruction": p("instruction"), "category": p("category"),
-                "task_category": p("task_category"),
-                "operator": p("operator"), "last_error": self.node_error or pr.last_error, "text": str(pr)}
+                "task": p.task, "instruction": p.instruction, "category": p.category,
+                "task_category": p.task_category,
+                "operator": p.operator, "last_error": self.node_error or pr.last_error, "text": str(pr)}
 
     def publish_progress(self) -> None:
         if self.recorder.state == EpisodeRecorder.CLOSED:
@@ -168,7 +175,7 @@ class RecorderNode(Node):
         self._episode_skips[reason] += 1
         self.stalled = f"{reason} ({detail})"
         steps = self.recorder.progress().steps_in_progress
-        if stream and steps > 0 and str(self.get_parameter("stall_policy").value) == "discard":
+        if stream and steps > 0 and current_config(self, RecorderParams).stall_policy == "discard":
             name = self.recorder.progress().recording
             if self.recorder.discard():
                 self.node_error = (f"episode {name} discarded after {steps} steps (stall_policy discard): "
@@ -235,11 +242,11 @@ class RecorderNode(Node):
 
     # ------------------------------------------------------------------------------------ services
     def _srv_start(self, req, res):
-        p = lambda n: str(self.get_parameter(n).value)  # noqa: E731
         try:
-            extra = {"task_category": p("task_category")} if p("task_category") else {}
-            name = self.recorder.start(task=p("task"), category=p("category"), instruction=p("instruction"),
-                                       operator=p("operator"), extra=extra)
+            p = current_config(self, RecorderParams)  # task, instruction, operator: set before each episode
+            extra = {"task_category": p.task_category} if p.task_category else {}
+            name = self.recorder.start(task=p.task, category=p.category, instruction=p.instruction,
+                                       operator=p.operator, extra=extra)
         except RecorderError as e:
             res.success, res.message = False, str(e)
             self.get_logger().error(f"start refused: {e}")
@@ -247,7 +254,7 @@ class RecorderNode(Node):
             self.skipped_in_episode = 0
             self._episode_skips.clear()
             self._gaps, self._gap, self.stalled, self.node_error = [], None, "", ""
-            res.success, res.message = True, f"recording {name}: {p('task')} / {p('instruction')!r}"
+            res.success, res.message = True, f"recording {name}: {p.task} / {p.instruction!r}"
             self.get_logger().info(res.message)
         self.publish_progress()
         return res

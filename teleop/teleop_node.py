@@ -27,6 +27,7 @@ code 2 and one clear message; a device lost while running exits with code 3.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -47,7 +48,7 @@ from std_srvs.srv import Trigger
 
 from robot_server import ros_interface as ri
 from robot_server.client import RobotClient
-from robot_server.ros_main import SteadyMultiThreadedExecutor, init_with_stop_event
+from robot_server.ros_main import SteadyMultiThreadedExecutor, current_config, declare_config, init_with_stop_event
 from teleop.controller import Teleop, TeleopConfig, make_teleop
 from teleop.devices import DeviceError, KeyboardDevice
 from teleop.mapping import KeyboardMapper
@@ -71,6 +72,18 @@ def _stdin_is_tty() -> bool:
         return False
 
 
+@dataclasses.dataclass(frozen=True)
+class TeleopParams:
+    """teleop_node's ROS parameters (robot_server.ros_main.declare_config declares one per field)."""
+    device: str = ""  # spacemouse | keyboard (default: the config's)
+    config: str = ""  # teleop YAML (teleop/example_config.yaml)
+    rate: float = 10.0
+    reset_on_start: bool = True  # read at each start
+    prompt_at_start: bool = True
+    task_files: list[str] = dataclasses.field(default_factory=list)  # task files beside the built-in registry
+    recorder_node: str = "/irevla/recorder_node"
+
+
 class TeleopNode(Node):
     """`teleop`, `keys` (terminal) and `out` (status stream) are built from the parameters unless given (tests)."""
 
@@ -80,16 +93,9 @@ class TeleopNode(Node):
                  catalog: Optional[TaskCatalog] = None):
         super().__init__(node_name, context=context, namespace=namespace,
                          parameter_overrides=parameter_overrides)
-        self.declare_parameter("device", "")
-        self.declare_parameter("config", "")
-        self.declare_parameter("rate", 10.0)
-        self.declare_parameter("reset_on_start", True)
-        self.declare_parameter("prompt_at_start", True)
-        self.declare_parameter("task_files", [""])
-        self.declare_parameter("recorder_node", "/irevla/recorder_node")
-        p = lambda n: self.get_parameter(n).value  # noqa: E731
+        p = self.params = declare_config(self, TeleopParams)
         log = self.get_logger()
-        self.config = load_config(str(p("config")), str(p("device")))
+        self.config = load_config(p.config, p.device)
         self.exit_code = 0
         self._quit = threading.Event()
         self._owns_devices = teleop is None
@@ -105,7 +111,7 @@ class TeleopNode(Node):
             catalog = TaskCatalog()
             if keys is not None:
                 try:
-                    catalog = TaskCatalog.from_registry([f for f in p("task_files") if f])
+                    catalog = TaskCatalog.from_registry([f for f in p.task_files if f])
                 except Exception as e:  # noqa: BLE001 - the prompt still takes typed task names
                     log.warning(f"task registry unavailable for the prompt ({type(e).__name__}: {e}); "
                                 "type task names")
@@ -118,7 +124,7 @@ class TeleopNode(Node):
         calls = ReentrantCallbackGroup()
         self.event_clients = {ev: self.create_client(Trigger, srv, callback_group=calls)
                         for ev, srv in EVENT_SERVICES.items()}
-        self.set_params = self.create_client(SetParameters, f"{str(p('recorder_node')).rstrip('/')}/set_parameters",
+        self.set_params = self.create_client(SetParameters, f"{p.recorder_node.rstrip('/')}/set_parameters",
                                              callback_group=calls)
         self.create_subscription(String, ri.TOPIC_RECORDER_PROGRESS, self._on_progress, ri.LATCHED_QOS,
                                  callback_group=calls)
@@ -127,10 +133,10 @@ class TeleopNode(Node):
         self._events_cv = threading.Condition()
         self._worker = threading.Thread(target=self._work, name="teleop-events", daemon=True)
         self._worker.start()
-        self._prompt_at_start = bool(p("prompt_at_start"))
+        self._prompt_at_start = p.prompt_at_start
         self._open_prompt = False  # set by the progress callback, done by the control loop (one thread)
-        self.create_timer(1.0 / float(p("rate")), self._tick, callback_group=MutuallyExclusiveCallbackGroup())
-        log.info(f"teleop with {self.config.device} at {p('rate'):g} Hz; keys: n start, Enter success, Backspace "
+        self.create_timer(1.0 / p.rate, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
+        log.info(f"teleop with {self.config.device} at {p.rate:g} Hz; keys: n start, Enter success, Backspace "
                  "failure, x discard, t task/instruction, q quit (teleop/README.md)")
 
     # ------------------------------------------------------------------------------------ control loop
@@ -204,7 +210,7 @@ class TeleopNode(Node):
             self._say(msg, error=not ok)
             return
         event = arg
-        if event == "start" and self.get_parameter("reset_on_start").value:
+        if event == "start" and current_config(self, TeleopParams).reset_on_start:
             ok, msg = self.robot.call("reset", timeout_s=RESET_TIMEOUT_S)
             if not ok:
                 self._say(f"robot reset failed, not starting: {msg}", error=True)

@@ -2,12 +2,14 @@
 
 A misspelt parameter in a launch file is silently ignored by ROS 2 (the node keeps its default), so it is checked
 statically here: for each node, the parameter names it declares or reads (string literals passed to
-declare_parameter / get_parameter / has_parameter) in its entry-point module and the irevla modules that module
-imports. The runtime counterpart (parameters reaching a started node) is in test_launch_graphs.py.
+declare_parameter / get_parameter / has_parameter, and the fields of a dataclass passed to declare_config) in its
+entry-point module and the irevla modules that module imports. The runtime counterpart (parameters reaching a started node) is in test_launch_graphs.py.
 """
 from __future__ import annotations
 
 import ast
+import dataclasses
+import importlib
 import importlib.metadata
 import importlib.util
 from pathlib import Path
@@ -53,6 +55,10 @@ def parameter_names(module: str, depth: int = 2) -> set[str]:
                 if fn in PARAM_CALLS and node.args and isinstance(node.args[0], ast.Constant) \
                         and isinstance(node.args[0].value, str):
                     names.add(node.args[0].value)
+                if fn == "declare_config" and len(node.args) == 2 and isinstance(node.args[1], ast.Name):
+                    # robot_server.ros_main.declare_config: one parameter per field of the dataclass it is given
+                    cls = getattr(importlib.import_module(mod), node.args[1].id)
+                    names.update(f.name for f in dataclasses.fields(cls))
             if d > 0 and isinstance(node, (ast.Import, ast.ImportFrom)):
                 targets = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                     ([node.module] + [f"{node.module}.{a.name}" for a in node.names] if node.module else [])
@@ -79,3 +85,6 @@ def test_the_check_catches_a_misspelt_parameter():
     known = parameter_names(_entry_modules()["robot_node"])
     assert "task" in known and "seed" in known
     assert "taks" not in known
+    # Nodes that declare a dataclass: its fields, inherited ones included (the learner core's config).
+    assert {"checkpoint", "console", "demo_episodes"} <= parameter_names(_entry_modules()["rl_actor"])
+    assert {"checkpoint", "online_capacity", "push_every"} <= parameter_names(_entry_modules()["rl_learner"])
