@@ -10,11 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+# The policy's proprioceptive input is defined with the control contract (also the tail of every recorded state).
+from robot_server.contract import POLICY_STATE_DIM, POLICY_STATE_NAMES  # noqa: F401
 from teleop.config import from_dict, load_yaml, to_dict  # noqa: F401  (re-exported for policy users)
-
-# The policy's proprioceptive input: the tail of the recorded state vector (see teleop.episode_format.STATE_TAIL).
-POLICY_STATE_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx", "ee_qy", "ee_qz", "gripper_width")
-POLICY_STATE_DIM = len(POLICY_STATE_NAMES)
 
 
 def check_device(spec: str) -> str:

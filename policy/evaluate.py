@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from robot_server.contract import policy_state_of_obs
 from robot_server.rollout import rollout
 from robot_server.usage import UsageError, require_checkpoint, require_file
 from sim_twin import seeds
@@ -70,12 +71,6 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def policy_state(env_state: np.ndarray) -> np.ndarray:
-    """TwinEnv state [ee_pos 3, quat 4, ee_vel 6, gripper 1] -> the policy's [ee_pos, quat, gripper] (8)."""
-    s = np.asarray(env_state, dtype=np.float32)
-    return np.concatenate([s[..., 0:7], s[..., 13:14]], axis=-1)
-
-
 class VLAPolicy:
     """Wraps a VLA checkpoint as obs -> action for the twin."""
 
@@ -88,7 +83,7 @@ class VLAPolicy:
 
     def __call__(self, obs: dict, instruction: str) -> np.ndarray:
         images = {c: obs["images"][c][None] for c in self.cameras}
-        return self.vla.act(images, [instruction], policy_state(obs["state"])[None])[0]
+        return self.vla.act(images, [instruction], policy_state_of_obs(obs["state"])[None])[0]
 
 
 @dataclass

@@ -40,7 +40,7 @@ import torch
 from policy.config import POLICY_STATE_DIM, from_dict, load_yaml
 from policy.latent_cache import LatentCache, encode_cached, observation_key
 from policy.model import VLA, InputError, load_vla
-from robot_server.contract import DEFAULT_CONTRACT
+from robot_server.contract import DEFAULT_CONTRACT, policy_state
 
 PathLike = Union[str, Path]
 
@@ -293,8 +293,7 @@ class PolicyServerCore:
         return ""
 
     def on_state(self, ee_pos, ee_quat_wxyz, gripper_width: float, stamp: float) -> None:
-        v = np.concatenate([np.asarray(ee_pos, np.float32).reshape(-1), np.asarray(ee_quat_wxyz, np.float32).reshape(-1),
-                            np.asarray([gripper_width], np.float32)])
+        v = policy_state(ee_pos, ee_quat_wxyz, gripper_width)
         with self._input_lock:
             self._state = _State(v, float(stamp))
 

@@ -97,10 +97,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
         return 2
-    if p.mode == "robot" and p.demo_source != "vla":
-        logger.warning(f"rl_actor: demo_source {p.demo_source!r} needs the twin's scripted expert; on the robot the "
-                       "demos come from the VLA (demo_source vla)")
-        p = dataclasses.replace(p, demo_source="vla")
     if p.mode == "twin":  # renders its own twin: a working offscreen GL backend before mujoco loads
         from robot_server.mujoco_gl import ensure_mujoco_gl
         ensure_mujoco_gl()
@@ -202,6 +198,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                            bool(p.auto_reset), stop, log=logger.info, keep_images=bool(p.harvest),
                            cameras=tuple(encoder.cameras))
         env.task, env.category = p.task, task_category(p.task, p.task_file)
+        env.task_files = tuple(f for f in p.task_file.split(",") if f)
     harvest = ActorHarvest(out / "harvest", tuple(encoder.cameras), p.actor_id, logger) if p.harvest else None
     interventions = None
     if p.intervention_device:
@@ -262,7 +259,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             from rl_agent.recorded_demos import send_recorded_demos
             session.demos = send_recorded_demos(p.demo_data, encoder, out, p.task, int(p.demo_episodes),
                                                 agent.prepare_observations, send, logger.info)
-        session.demos += send_demos(core, runner, encoder, out, int(p.demos), p.demo_source, int(p.seed),
+        demo_source = p.demo_source
+        if demo_source != "vla" and isinstance(env, RosLatentEnv) and p.demos > 0:
+            why = env.scripted_demos_unavailable()
+            if why:  # a real cell: the VLA's own successes are the demos (the paper's way)
+                logger.warning(f"actor: demo_source {demo_source!r} needs the twin's scripted expert: {why}; "
+                               "the demos come from the VLA (demo_source vla)")
+                demo_source = "vla"
+        session.demos += send_demos(core, runner, encoder, out, int(p.demos), demo_source, int(p.seed),
                                     send, stop, logger.info, harvest=harvest)
         builder = tp.ChunkBuilder(int(p.chunk_steps))
         ep = len(elog.episodes)  # a restarted actor goes on from its episode log

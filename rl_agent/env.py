@@ -21,12 +21,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from robot_server.contract import policy_state
 from robot_server.safety import R_NONFINITE, R_SHAPE, R_STATE_OUTSIDE
 
 
-def policy_state(twin_state) -> np.ndarray:
-    """TwinState -> the policy's 8-D state (ee xyz, quat wxyz, gripper width), float32."""
-    return np.concatenate([twin_state.ee_pos, twin_state.ee_quat, [twin_state.gripper_width]]).astype(np.float32)
+def twin_policy_state(twin_state) -> np.ndarray:
+    """TwinState -> the policy's 8-D state (robot_server.contract.POLICY_STATE_NAMES)."""
+    return policy_state(twin_state.ee_pos, twin_state.ee_quat, twin_state.gripper_width)
 
 
 def robot_record(twin_state) -> dict:
@@ -138,7 +139,7 @@ class LatentEnv:
 
     def _observe(self, raw: dict) -> dict:
         s = self.env.twin.state()
-        obs = {"latents": self.encoder(raw["images"], self.env.instruction), "state": policy_state(s)}
+        obs = {"latents": self.encoder(raw["images"], self.env.instruction), "state": twin_policy_state(s)}
         if self.trace is not None:
             if self.keep_images:
                 self.trace.images.append(raw["images"])

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from policy.evaluate import policy_state
+from robot_server.contract import policy_state_of_obs
+from robot_server.rollout import rollout
 from policy.heads import ActionHead
 from sim_twin import seeds
 
@@ -69,27 +70,25 @@ def _rollouts(env, model, task, n, seed0, rng, max_steps, cameras):
     """n episodes with the current stochastic policy -> flat arrays + per-episode successes."""
     buf = {"images": [], "state": [], "instr": [], "u": [], "logp": [], "value": [], "reward": [], "done": []}
     successes = []
+
+    def act(obs, instr):
+        images = np.stack([obs["images"][c] for c in cameras])[None]
+        st = policy_state_of_obs(obs["state"])[None]
+        with torch.no_grad():
+            dist, value = model.dist_value(images, [instr], st)
+            u = dist.mean + dist.stddev * torch.as_tensor(rng.standard_normal(dist.mean.shape), dtype=torch.float32)
+            logp = dist.log_prob(u).sum(-1)
+        for key, v in (("images", images[0]), ("state", st[0]), ("instr", instr), ("u", u[0].numpy()),
+                       ("logp", float(logp)), ("value", float(value))):
+            buf[key].append(v)
+        return np.clip(u[0].numpy(), -1.0, 1.0)
+
     for k in range(n):
-        obs, info = env.reset(seed=int(seed0 + k), options={"task": task})
-        instr = info["instruction"]
-        limit = max_steps or env.twin.task.max_steps
-        for t in range(limit):
-            images = np.stack([obs["images"][c] for c in cameras])[None]
-            st = policy_state(obs["state"])[None]
-            with torch.no_grad():
-                dist, value = model.dist_value(images, [instr], st)
-                u = dist.mean + dist.stddev * torch.as_tensor(rng.standard_normal(dist.mean.shape),
-                                                              dtype=torch.float32)
-                logp = dist.log_prob(u).sum(-1)
-            obs, _, success, truncated, info = env.step(np.clip(u[0].numpy(), -1.0, 1.0))
-            done = bool(success) or t == limit - 1
-            for key, v in (("images", images[0]), ("state", st[0]), ("instr", instr), ("u", u[0].numpy()),
-                           ("logp", float(logp)), ("value", float(value)), ("reward", float(success)),
-                           ("done", done)):
-                buf[key].append(v)
-            if done:
-                successes.append(bool(success))
-                break
+        r = rollout(env, act, int(seed0 + k), task=task, max_steps=max_steps)
+        # Sparse reward: 1 at the step that reached success; the episode's last step is terminal.
+        buf["reward"] += [0.0] * (r.steps - 1) + [float(r.success)]
+        buf["done"] += [False] * (r.steps - 1) + [True]
+        successes.append(r.success)
     return {k: (v if k == "instr" else np.asarray(v)) for k, v in buf.items()}, successes
 
 

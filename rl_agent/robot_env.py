@@ -47,6 +47,9 @@ class RosLatentEnv:
         self.console = None  # rl_agent.operator_console.OperatorConsole: prompts and pause
         self.poll_while_waiting = None  # called while the operator resets the scene (reads the device's buttons)
         self.waiting_for_reset = False
+        self.task_files: tuple = ()  # for the scripted expert's task registry
+        self._expert = None
+        self._seed = 0
 
     def start_episode(self) -> None:
         """The scene is reset (operator's key or the start_episode service)."""
@@ -86,7 +89,28 @@ class RosLatentEnv:
                 self._cv.wait(min(left, 0.2))
         raise InterruptedError("stopping")
 
+    def scene_expert(self):
+        if self._expert is None:
+            from robot_server.scene_expert import SceneExpert
+            self._expert = SceneExpert(self.client, self.task_files)
+        return self._expert
+
+    def scripted_demos_unavailable(self) -> str:
+        """Why this cell has no scripted expert ("" when it has: the twin behind robot_node, a pick/place task)."""
+        return self.scene_expert().unavailable()
+
+    def expert_action(self, noise: float = 0.0) -> np.ndarray:
+        """The twin's scripted expert over ROS (robot_server.scene_expert): the robot node's scene ground truth,
+        published for the sim backend only. NoSceneError on a real cell."""
+        self.scene_expert()
+        if self._expert.expert is None:
+            self._expert.start(self._seed, noise)
+        return self._expert.action()
+
     def reset(self, seed: int):
+        self._seed = int(seed)
+        if self._expert is not None:
+            self._expert.before_reset()
         ok, msg = self.client.call("reset")  # homes the arm (in the twin: also a new scene)
         if not ok:
             self.log(f"actor: robot reset failed ({msg}); continuing from where the robot is")
@@ -103,7 +127,10 @@ class RosLatentEnv:
                 if self.poll_while_waiting is not None:  # the SpaceMouse's start / pause buttons
                     self.poll_while_waiting()
             self.waiting_for_reset = False
-        obs, instruction = self._next_obs(after=time.monotonic())  # a frame of the reset scene
+        if self.keep_images and not self.client.wait_ready(timeout_s=10.0):
+            self.log("actor: no camera frames or robot state on the actor's own subscriptions yet (harvest)")
+        # A frame of the reset scene, taken after this node receives the cameras: its frames reach the harvest too.
+        obs, instruction = self._next_obs(after=time.monotonic())
         self._steps = 0
         self.trace = self._trace_cls(self.task, instruction, int(seed), self.category)
         self._keep_frames()

@@ -61,3 +61,33 @@ def _clip_norm(v: np.ndarray, limit: float) -> np.ndarray:
 
 
 DEFAULT_CONTRACT = ActionContract()
+
+
+# ---------------------------------------------------------------------------------------------- observation state
+# The one definition of the state layouts. The policy's proprioceptive input (also the tail of every recorded state
+# vector, teleop.episode_format.STATE_TAIL):
+POLICY_STATE_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx", "ee_qy", "ee_qz", "gripper_width")
+POLICY_STATE_DIM = len(POLICY_STATE_NAMES)
+# The contract env's observation state (robot_server.gym_env, metaworld_env): the policy's plus the TCP twist.
+OBS_STATE_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx", "ee_qy", "ee_qz",
+                   "ee_vx", "ee_vy", "ee_vz", "ee_wx", "ee_wy", "ee_wz", "gripper_width")
+_POLICY_OF_OBS = [OBS_STATE_NAMES.index(n) for n in POLICY_STATE_NAMES]
+
+
+def policy_state(ee_pos, ee_quat_wxyz, gripper_width) -> np.ndarray:
+    """[ee xyz, quat wxyz, gripper width] float32 (POLICY_STATE_NAMES). Sizes are the caller's to check (the policy
+    server answers a malformed robot state with its own error)."""
+    return np.concatenate([np.asarray(ee_pos, np.float32).reshape(-1), np.asarray(ee_quat_wxyz, np.float32).reshape(-1),
+                           np.asarray(gripper_width, np.float32).reshape(-1)])
+
+
+def obs_state(ee_pos, ee_quat_wxyz, ee_vel, gripper_width) -> np.ndarray:
+    """The env observation's state vector (OBS_STATE_NAMES), float32."""
+    return np.concatenate([np.asarray(ee_pos, np.float32).reshape(-1), np.asarray(ee_quat_wxyz, np.float32).reshape(-1),
+                           np.asarray(ee_vel, np.float32).reshape(-1), np.asarray(gripper_width, np.float32).reshape(-1)])
+
+
+def policy_state_of_obs(state: np.ndarray) -> np.ndarray:
+    """An env observation's state ([..., OBS_STATE_NAMES]) -> the policy's ([..., POLICY_STATE_NAMES])."""
+    return np.asarray(state, np.float32)[..., _POLICY_OF_OBS]
+

@@ -42,8 +42,9 @@ def check_task(task: str, registry=None):
     """The registry's spec of `task`, if it is one this demo can drive over ROS (pick / place); else UsageError."""
     from robot_server.usage import UsageError
     from sim_twin.tasks.registry import TaskRegistry
+    from robot_server.scene_expert import SKILLS_OVER_ROS
     spec = (registry or TaskRegistry.load()).get(task)  # RegistryError (a user error) for an unknown task
-    if spec.skill not in ("pick", "place"):
+    if spec.skill not in SKILLS_OVER_ROS:
         raise UsageError(f"scripted-demo drives object-centric tasks over ROS (pick, place); {task!r} is {spec.skill}")
     return spec
 
@@ -54,10 +55,8 @@ def run_demo(task: str, episodes: int, seed: int, noise: float, log=print) -> li
 
     from robot_server.client import RobotClient
     from robot_server.contract import DEFAULT_CONTRACT
-    from sim_twin.snapshot import SceneSnapshot
+    from robot_server.scene_expert import SceneExpert
     from sim_twin.tasks.registry import TaskRegistry
-    from sim_twin.tasks.skills import SKILLS
-    from sim_twin.twin import TwinState
 
     registry = TaskRegistry.load()
     check_task(task, registry)
@@ -80,16 +79,13 @@ def run_demo(task: str, episodes: int, seed: int, noise: float, log=print) -> li
         if not client.wait_ready(timeout_s=60.0, need_scene=True):
             raise SystemExit("[demo] the simulated cell did not come up within 60 s (no state / images / scene)")
         log(f"[demo] cell is up after {time.monotonic() - t0:.1f} s: state, scene and both cameras streaming")
+        expert = SceneExpert(client)
         for ep in range(episodes):
-            before = client.scene_json
+            expert.before_reset()
             ok, msg = client.call("reset", timeout_s=30.0)
             if not ok:
                 raise SystemExit(f"[demo] reset failed: {msg}")
-            deadline = time.monotonic() + 5.0
-            while client.scene_json == before and time.monotonic() < deadline:
-                time.sleep(0.02)
-            results.append(_episode(client, registry, SceneSnapshot, SKILLS, TwinState, DEFAULT_CONTRACT,
-                                    seed + 1 + ep, noise, log))
+            results.append(_episode(client, expert, DEFAULT_CONTRACT, seed + 1 + ep, noise, log))
         counts = dict(client.image_counts)
         status = json.loads(client.status_json) if client.status_json else {}
         elapsed = time.monotonic() - t0
@@ -110,27 +106,20 @@ def run_demo(task: str, episodes: int, seed: int, noise: float, log=print) -> li
     return results
 
 
-def _episode(client, registry, SceneSnapshot, SKILLS, TwinState, contract, seed, noise, log) -> dict:
-    def robot_state():
-        s = client.state()
-        return TwinState(time=s.stamp, q=np.zeros(7), dq=np.zeros(7), ee_pos=s.ee_pos, ee_quat=s.ee_quat,
-                         ee_vel=np.zeros(6), gripper_width=s.gripper_width, gripper_command=0.0)
-
-    snap = SceneSnapshot.from_json(client.scene_json, registry, robot_state())
+def _episode(client, expert, contract, seed, noise, log) -> dict:
+    snap = expert.start(seed, noise)
     task = snap.task
     log(f"[demo] episode seed {seed}: task {task.name} ({task.category}), instruction: {snap.instruction!r}")
-    expert = SKILLS[task.skill].expert(snap, task, np.random.default_rng(seed), noise)
     period = contract.dt
     t_start = next_tick = time.monotonic()
     success, steps = False, 0
     for steps in range(1, task.max_steps + 1):
-        snap = SceneSnapshot.from_json(client.scene_json, registry, robot_state())
-        d = expert.act(snap)
-        client.send_action(contract.delta_to_action(d[:3], d[3:6], d[6]))
+        snap = expert.snapshot()
+        client.send_action(expert.action(snap))
         if steps % 10 == 0:
             p = snap.state().ee_pos
             log(f"[demo]   step {steps:3d}  tcp ({p[0]:.3f}, {p[1]:.3f}, {p[2]:.3f})  gripper "
-                f"{snap.state().gripper_width * 100:.1f} cm  phase {getattr(expert, 'phase', '-')}")
+                f"{snap.state().gripper_width * 100:.1f} cm  phase {getattr(expert.expert, 'phase', '-')}")
         next_tick += period
         time.sleep(max(0.0, next_tick - time.monotonic()))
         if client.success:

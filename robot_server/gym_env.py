@@ -13,18 +13,13 @@ import numpy as np
 from gymnasium import spaces
 
 from robot_server.backends.sim import SimTwinBackend
-from robot_server.contract import DEFAULT_CONTRACT
+from robot_server.contract import DEFAULT_CONTRACT, OBS_STATE_NAMES, obs_state
 from robot_server.safety import SafetyConfig
 from robot_server.server_core import RobotServerCore
 from sim_twin.tasks.skills import SKILLS
 from sim_twin.twin import Twin, TwinConfig
 
-# ee_pos (3), ee_quat wxyz (4), ee_vel (6), gripper_width (1)
-STATE_DIM = 14
-
-
-def state_vector(ee_pos, ee_quat, ee_vel, gripper_width) -> np.ndarray:
-    return np.concatenate([ee_pos, ee_quat, ee_vel, [gripper_width]]).astype(np.float32)
+STATE_DIM = len(OBS_STATE_NAMES)  # the observation's state vector (robot_server.contract)
 
 
 def contract_spaces(cameras: tuple[str, ...], image_size: int, render_images: bool = True):
@@ -106,7 +101,7 @@ class TwinEnv(gym.Env):
 
     def _obs(self) -> dict[str, Any]:
         s = self.twin.state()
-        obs: dict[str, Any] = {"state": state_vector(s.ee_pos, s.ee_quat, s.ee_vel, s.gripper_width)}
+        obs: dict[str, Any] = {"state": obs_state(s.ee_pos, s.ee_quat, s.ee_vel, s.gripper_width)}
         if self.render_images:
             obs["images"] = {c: self.twin.render(c) for c in self.cameras}
         return obs

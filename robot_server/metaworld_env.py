@@ -18,7 +18,8 @@ import gymnasium as gym
 import numpy as np
 
 from robot_server.contract import DEFAULT_CONTRACT
-from robot_server.gym_env import contract_spaces, state_vector
+from robot_server.contract import obs_state
+from robot_server.gym_env import contract_spaces
 from robot_server.safety import SafetyConfig, SafetyLayer
 from sim_twin.metaworld_cell import FINGER_SPAN_M, MetaWorldCell, Variation
 from sim_twin.tasks.registry import TaskRegistry
@@ -132,7 +133,7 @@ class MetaWorldEnv(gym.Env):
 
     def _obs(self) -> dict[str, Any]:
         s = self.cell.state(DEFAULT_CONTRACT.dt)
-        obs: dict[str, Any] = {"state": state_vector(s.ee_pos, s.ee_quat, s.ee_vel, s.gripper_width)}
+        obs: dict[str, Any] = {"state": obs_state(s.ee_pos, s.ee_quat, s.ee_vel, s.gripper_width)}
         if self.render_images:
             obs["images"] = {c: self.cell.render(c) for c in self.cameras}
         return obs

@@ -22,6 +22,8 @@ from typing import Optional
 
 import numpy as np
 
+from robot_server.rollout import rollout
+
 CATEGORY = "scripted"
 _ENVS: dict = {}  # per worker process: (task, cameras, size) -> TwinEnv
 
@@ -40,20 +42,13 @@ def run_episode(task: str, seed: int, cameras: tuple[str, ...], size: int, noise
     env = _ENVS.get(key)
     if env is None:
         env = _ENVS[key] = make_env(task, cameras, size, task_files=task_files, clutter=clutter)
-    t0 = time.perf_counter()
-    obs, info = env.reset(seed=seed)
-    instruction, category = info["instruction"], info.get("category", "")
-    steps, success, done = [], False, False
-    while not done:
-        state = _state(env.twin)
-        action = np.asarray(env.expert_action(noise), np.float64)
-        steps.append((obs["images"], state, action))
-        obs, _, success, truncated, info = env.step(action)
-        done = bool(success or truncated)
-    return {"task": task, "seed": seed, "instruction": instruction, "task_category": category,
+    steps = []
+    r = rollout(env, lambda obs, instruction: env.expert_action(noise), seed,
+                on_step=lambda obs, action: steps.append((obs["images"], _state(env.twin), action)))
+    return {"task": task, "seed": seed, "instruction": r.instruction, "task_category": r.category,
             "clutter": list(env.twin.clutter_objects),
-            "success": bool(success), "n_steps": len(steps), "sim_s": time.perf_counter() - t0,
-            "steps": steps if (success or keep_failures) else None}
+            "success": r.success, "n_steps": len(steps), "sim_s": r.seconds,
+            "steps": steps if (r.success or keep_failures) else None}
 
 
 def resume_counts(entries: list[dict], tasks: list[str], first_seed: int) -> tuple[dict, dict]:

@@ -27,6 +27,8 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
+from robot_server.contract import POLICY_STATE_NAMES
+
 FORMAT = "irevla-episode/1"
 METADATA_KEY = "irevla.episode"
 TOPIC_JOINTS = "/irevla/robot/joint_states"
@@ -41,7 +43,7 @@ T_POSE = "geometry_msgs/msg/PoseStamped"
 T_ARRAY = "std_msgs/msg/Float64MultiArray"
 T_STRING = "std_msgs/msg/String"
 ACTION_NAMES = ("dx", "dy", "dz", "rx", "ry", "rz", "gripper")
-STATE_TAIL = ("ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx", "ee_qy", "ee_qz", "gripper_width")
+STATE_TAIL = POLICY_STATE_NAMES  # the policy's state (robot_server.contract), so a recorded episode feeds it as is
 DEFAULT_JOINT_NAMES = tuple(f"panda_joint{i}" for i in range(1, 8))
 IMAGE_FORMATS = ("raw", "jpeg", "png")
 DISTROS = ("kilted", "humble", "jazzy")

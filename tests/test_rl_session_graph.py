@@ -77,12 +77,14 @@ def _graph(tmp_path, log_name: str):
     return proc, log
 
 
-def _wait_for(path: Path, pattern: str, timeout: float, count: int = 1) -> None:
+def _wait_for(path: Path, pattern: str, timeout: float, count: int = 1, proc=None) -> None:
     import re
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if len(re.findall(pattern, path.read_text(errors="replace"))) >= count:
             return
+        if proc is not None and proc.poll() is not None:  # the graph ended (a launch error): no use waiting
+            break
         time.sleep(0.2)
     raise AssertionError(f"no {pattern!r} x{count} within {timeout} s:\n{path.read_text(errors='replace')[-4000:]}")
 
@@ -96,7 +98,7 @@ def test_actor_sigkill_loses_at_most_the_episode_in_progress(tmp_path):
     import subprocess
     proc, log = _graph(tmp_path, "run1.log")
     try:
-        _wait_for(tmp_path / "run1.log", r"actor: episode \d+:", 240, count=2)
+        _wait_for(tmp_path / "run1.log", r"actor: episode \d+:", 240, count=2, proc=proc)
         time.sleep(0.6)  # into the next episode: its first chunk may be out, the finished ones acknowledged
         found = subprocess.run(["pgrep", "-f", f"rl_actor.*{tmp_path / 'actor'}"], capture_output=True, text=True)
         os.kill(int(found.stdout.split()[0]), sig.SIGKILL)
@@ -129,3 +131,38 @@ def test_actor_sigkill_loses_at_most_the_episode_in_progress(tmp_path):
     received = learner2["received"]["transitions"]
     assert finished2 <= received <= finished2 + 12, (finished2, received)  # lost: at most the killed episode
     assert json.loads((tmp_path / "actor" / "summary.json").read_text())["episodes"] == len(episodes2)
+
+
+def test_scripted_expert_demos_over_ros_on_the_twin_cell(tmp_path):
+    """demo_source:=expert with the actor in robot mode: on the twin cell the scripted expert runs from the robot
+    node's scene topic (robot_server/scene_expert.py), so the ROS session gets the same kind of demos as the
+    in-process one; its successful demo is sent to the learner and harvested for stage 2."""
+    import json
+    import signal as sig
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k != "IREVLA_JOINED"}
+    log = open(tmp_path / "run.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "robot_server.launch_graph", "rl_session",
+                             f"checkpoint:={REPO / 'policy' / 'default_model'}", "task:=pick_red_block",
+                             "instruction:=pick up the red block", "reward:=twin", "demos:=1", "demo_source:=expert",
+                             "learning_starts:=100000", f"learner_out:={tmp_path / 'learner'}",
+                             f"actor_out:={tmp_path / 'actor'}"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        _wait_for(tmp_path / "run.log", r"actor: sent 1 demo episode", 300, proc=proc)
+        os.killpg(proc.pid, sig.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig.SIGKILL)
+        log.close()
+    text = (tmp_path / "run.log").read_text(errors="replace")
+    assert "actor: 1 demos (0 VLA in 0 attempts, 1 expert)" in text and "Traceback" not in text, text[-4000:]
+    from teleop import storage
+    from teleop.dataset import read_episode
+    files = list(storage.episode_files(tmp_path / "actor" / "harvest").values())
+    assert len(files) == 1, text[-3000:]
+    ep = read_episode(files[0])
+    assert ep.meta["extra"]["source"] == "expert_demo" and ep.meta["task"] == "pick_red_block" and ep.meta["success"]
+    learned = json.loads((tmp_path / "learner" / "summary.json").read_text())
+    assert learned["received"]["demos"] >= 1, learned
