@@ -67,19 +67,27 @@ class MetaWorldEnv(gym.Env):
                  render_mode: Optional[str] = "rgb_array"):
         files = tuple(task_files) if "metaworld" in task_files else ("metaworld", *task_files)
         self.registry = registry or TaskRegistry.load(extra_files=files)
-        spec = self.registry.get(task)
-        if spec.skill != "metaworld":
-            raise ValueError(f"task {task!r} is a twin task (skill {spec.skill!r}); use robot_server.gym_env.TwinEnv")
-        self.task_name, self.spec = task, spec
-        self.cell = MetaWorldCell(spec.params["env"], Variation.from_params(spec.params), image_size,
-                                  ACTION_REPEAT, render_detail)
-        self.twin = CellView(self.cell, self.registry, spec)
-        self.safety = SafetyLayer(metaworld_safety(self.cell), nominal_quat=NOMINAL_QUAT)
+        self.image_size, self.render_detail = image_size, render_detail
+        self.cell = None
+        self._load(task)
         self.cameras, self.render_images, self.render_mode = tuple(cameras), render_images, render_mode
         self.observation_space, self.action_space = contract_spaces(self.cameras, image_size, render_images)
         self._t = 0.0
         self._steps = 0
         self._expert_rng = np.random.default_rng(0)
+
+    def _load(self, task: str) -> None:
+        """The cell of `task`: each MetaWorld task is its own environment (scene, objects, success)."""
+        spec = self.registry.get(task)
+        if spec.skill != "metaworld":
+            raise ValueError(f"task {task!r} is a twin task (skill {spec.skill!r}); use robot_server.gym_env.TwinEnv")
+        if self.cell is not None:
+            self.cell.close()
+        self.task_name, self.spec = task, spec
+        self.cell = MetaWorldCell(spec.params["env"], Variation.from_params(spec.params), self.image_size,
+                                  ACTION_REPEAT, self.render_detail)
+        self.twin = CellView(self.cell, self.registry, spec)
+        self.safety = SafetyLayer(metaworld_safety(self.cell), nominal_quat=NOMINAL_QUAT)
 
     @property
     def instruction(self) -> str:
@@ -91,6 +99,9 @@ class MetaWorldEnv(gym.Env):
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict[str, Any]] = None):
         super().reset(seed=seed)
+        task = (options or {}).get("task")
+        if task and task != self.task_name:  # as TwinEnv: options={"task": ...} switches the task
+            self._load(task)
         ep_seed = int(seed) if seed is not None else int(self.np_random.integers(2**31 - 1))
         self.cell.reset(ep_seed)
         phrasings = self.spec.phrasings(self.registry)

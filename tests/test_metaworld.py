@@ -56,6 +56,11 @@ def test_scripted_experts_through_the_contract_and_the_safety_layer():
         assert 0.05 < moved[1] <= 0.105 and abs(moved[0]) < 0.01, moved
         results = [_run_expert(env, s) for s in (0, 1)]
         assert all(ok for ok, _ in results), results
+        # options={"task": ...} switches the task, as in TwinEnv (one env per evaluation worker runs many tasks).
+        _, info = env.reset(seed=3, options={"task": "mw_drawer_open"})
+        assert (info["task"], info["category"], env.twin.task.name) == ("mw_drawer_open", "expert", "mw_drawer_open")
+        assert info["instruction"] in ("open the drawer", "pull the drawer open")
+        assert _run_expert(env, 3)[0]
     finally:
         env.close()
 
@@ -142,6 +147,9 @@ def test_shortened_table_one_pipeline(tmp_path):
     tasks = {row["task"]: row for row in reports[-1].per_task}
     assert set(tasks) == {"mw_button_press", "mw_drawer_open", "mw_button_press_new"}
     assert all(row["episodes"] == 2 for row in tasks.values())
+    # Every task was evaluated in its own scene: the episodes carry their task's category.
+    cats = {row["task"]: row["category"] for row in reports[-1].per_task}
+    assert cats == {"mw_button_press": "expert", "mw_drawer_open": "expert", "mw_button_press_new": "rl"}, cats
     state = json.loads((run / "state.json").read_text())
     assert Path(state["stage0"]).is_dir() and state["rl:mw_button_press_new"]
 
