@@ -39,13 +39,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_task(task: str, registry=None):
-    """The registry's spec of `task`, if it is one this demo can drive over ROS (pick / place); else UsageError."""
+    """The registry's spec of `task`, if it is one this demo can drive over ROS (scene_expert.SKILLS_OVER_ROS);
+    else UsageError."""
     from robot_server.usage import UsageError
     from sim_twin.tasks.registry import TaskRegistry
     from robot_server.scene_expert import SKILLS_OVER_ROS
     spec = (registry or TaskRegistry.load()).get(task)  # RegistryError (a user error) for an unknown task
     if spec.skill not in SKILLS_OVER_ROS:
-        raise UsageError(f"scripted-demo drives object-centric tasks over ROS (pick, place); {task!r} is {spec.skill}")
+        raise UsageError(f"scripted-demo drives {', '.join(SKILLS_OVER_ROS)} tasks over ROS; {task!r} is {spec.skill}")
     return spec
 
 

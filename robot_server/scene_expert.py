@@ -18,9 +18,9 @@ class NoSceneError(RuntimeError):
     """No scene ground truth on the topic: a real cell, or a robot node whose backend is not the sim."""
 
 
-# Skills whose expert needs only object poses and the robot state (what the scene topic carries); the button and
-# the drawer also read their fixture's joint, which stays inside the twin.
-SKILLS_OVER_ROS = ("pick", "place")
+# Skills whose expert needs only what the scene topic carries: object poses, the fixtures' bodies and joints, the
+# robot state (cable routing reads the cable's simulated segments, which stay inside the twin).
+SKILLS_OVER_ROS = ("pick", "place", "button_press", "drawer_open", "reach")
 
 
 class SceneExpert:
@@ -56,7 +56,7 @@ class SceneExpert:
         if task is None:
             return "the robot node's scene has no task (robot_node task:=...)"
         if task.skill not in SKILLS_OVER_ROS:
-            return f"task {task.name!r} ({task.skill}) needs fixture state the scene topic does not carry"
+            return f"task {task.name!r} ({task.skill}) needs simulator state the scene topic does not carry"
         return ""
 
     def before_reset(self) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 ROBOT_PREFIX = "panda/"
 OBJECT_PREFIX = "obj/"
+FIXTURE_PREFIX = "fixture/"  # the cell's fixtures (sim_twin/fixtures.py): button, drawer, bin, plate, cable clip
 
 # Cell layout in the robot base frame (metres). The table top is z = 0.
 OBJECT_REGION = ((0.38, -0.14), (0.58, 0.14))  # where pickable objects are spawned (x, y low / high)

@@ -1,13 +1,14 @@
-"""A serializable snapshot of the twin's ground truth (robot state + object poses), for code outside the twin's
-process: a scripted expert driving the robot over ROS 2 reads object poses from it like from a mocap system.
+"""A serializable snapshot of the twin's ground truth (robot state, object poses, the fixtures' bodies and joints),
+for code outside the twin's process: a scripted expert driving the robot over ROS 2 reads them like from a mocap
+system.
 
-It offers the subset of the Twin API that object-centric experts (pick, place) use, so the same expert code runs
-in-process on a Twin and out-of-process on a snapshot.
+It offers the subset of the Twin API the scripted experts use (objects; the button's and the drawer's body frames
+and joints), so the same expert code runs in-process on a Twin and out-of-process on a snapshot.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,6 +26,8 @@ class SceneSnapshot:
     home_pos: np.ndarray
     home_quat: np.ndarray
     success_flag: bool = False
+    bodies: dict = field(default_factory=dict)  # fixture body name -> (pos, 3x3 rotation)
+    joints: dict = field(default_factory=dict)  # fixture joint name -> position (button, drawer)
 
     # Twin-compatible accessors used by experts
     def state(self) -> TwinState:
@@ -38,6 +41,15 @@ class SceneSnapshot:
 
     def success(self) -> bool:
         return self.success_flag
+
+    def body_pos(self, name: str) -> np.ndarray:
+        return self.bodies[name][0].copy()
+
+    def body_frame(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.bodies[name][0].copy(), self.bodies[name][1].copy()
+
+    def joint_value(self, name: str) -> float:
+        return float(self.joints[name])
 
     def update_robot(self, robot: TwinState) -> None:
         self.robot = robot
@@ -53,6 +65,7 @@ class SceneSnapshot:
             "home": [list(map(float, twin.home_pos)), list(map(float, twin.home_quat))],
             "objects": {n: [list(map(float, twin.object_pos(n))), list(map(float, twin.object_quat(n)))]
                         for n in names},
+            "fixtures": twin.fixture_state(),
         }
 
     @classmethod
@@ -62,4 +75,7 @@ class SceneSnapshot:
                    instruction=d.get("instruction", ""), robot=robot,
                    objects={n: (np.array(p), np.array(q)) for n, (p, q) in d.get("objects", {}).items()},
                    home_pos=np.array(d["home"][0]), home_quat=np.array(d["home"][1]),
-                   success_flag=bool(d.get("success", False)))
+                   success_flag=bool(d.get("success", False)),
+                   bodies={n: (np.array(p), np.array(r).reshape(3, 3))
+                           for n, (p, r) in d.get("fixtures", {}).get("bodies", {}).items()},
+                   joints=dict(d.get("fixtures", {}).get("joints", {})))

@@ -9,7 +9,7 @@ import numpy as np
 from sim_twin.controller import ControllerConfig, OperationalSpaceController
 from sim_twin.fixtures import CELL_FIXTURES, FIXTURES
 from sim_twin.geometry import mat_to_quat, yaw_quat
-from sim_twin.scene import OBJECT_PREFIX, ROBOT_PREFIX, SceneSpec, build_model
+from sim_twin.scene import FIXTURE_PREFIX, OBJECT_PREFIX, ROBOT_PREFIX, SceneSpec, build_model
 from sim_twin.tasks.registry import TaskRegistry, TaskSpec
 
 ARM_JOINTS = tuple(f"joint{i}" for i in range(1, 8))
@@ -231,6 +231,25 @@ class Twin:
 
     def body_pos(self, name: str) -> np.ndarray:
         return self.data.xpos[self.model.body(name).id].copy()
+
+    def body_frame(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """World position and 3x3 rotation matrix of a body."""
+        bid = self.model.body(name).id
+        return self.data.xpos[bid].copy(), self.data.xmat[bid].reshape(3, 3).copy()
+
+    def joint_value(self, name: str) -> float:
+        """The position of a 1-dof (slide / hinge) joint, e.g. the button's or the drawer's."""
+        return float(self.data.qpos[self.model.jnt_qposadr[self.model.joint(name).id]])
+
+    def fixture_state(self) -> dict:
+        """Bodies and 1-dof joints of the cell's fixtures (names "fixture/..."): what a scripted expert outside the
+        process needs of them (sim_twin.snapshot)."""
+        m = self.model
+        bodies = {m.body(i).name: [self.data.xpos[i].tolist(), self.data.xmat[i].tolist()]
+                  for i in range(m.nbody) if m.body(i).name.startswith(FIXTURE_PREFIX)}
+        joints = {m.joint(i).name: float(self.data.qpos[m.jnt_qposadr[i]]) for i in range(m.njnt)
+                  if m.joint(i).name.startswith(FIXTURE_PREFIX) and m.jnt_type[i] in (2, 3)}  # slide, hinge
+        return {"bodies": bodies, "joints": joints}
 
     def close(self) -> None:
         for r in self._renderers.values():

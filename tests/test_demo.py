@@ -26,7 +26,15 @@ def test_irevla_demo_drives_a_scripted_pick_to_success_over_ros():
     assert all(c > 5 for c in counts), line
 
 
+def test_the_drawer_expert_runs_over_ros_from_the_scene_topic():
+    """A fixture task: the expert reads the drawer's body frame and joint from the scene topic at every step."""
+    out = subprocess.run([sys.executable, "-m", "robot_server.cli", "scripted-demo", "--task", "open_drawer",
+                          "--episodes", "1", "--seed", "2"], capture_output=True, text=True, timeout=240)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0 and "1/1 episodes succeeded" in text, text[-3000:]
+
+
 def test_demo_refuses_tasks_it_cannot_drive_over_ros():
-    out = subprocess.run([sys.executable, "-m", "robot_server.cli", "scripted-demo", "--task", "press_button"],
+    out = subprocess.run([sys.executable, "-m", "robot_server.cli", "scripted-demo", "--task", "route_cable"],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode != 0
+    assert out.returncode != 0 and "route_cable' is cable_route" in out.stdout + out.stderr

@@ -135,16 +135,17 @@ def test_actor_sigkill_loses_at_most_the_episode_in_progress(tmp_path):
 
 def test_scripted_expert_demos_over_ros_on_the_twin_cell(tmp_path):
     """demo_source:=expert with the actor in robot mode: on the twin cell the scripted expert runs from the robot
-    node's scene topic (robot_server/scene_expert.py), so the ROS session gets the same kind of demos as the
-    in-process one; its successful demo is sent to the learner and harvested for stage 2."""
+    node's scene topic (robot_server/scene_expert.py: objects and the button's body and joint), so the ROS session
+    gets the same kind of demos as the in-process one; its successful demo is sent to the learner and harvested for
+    stage 2."""
     import json
     import signal as sig
     import subprocess
     env = {k: v for k, v in os.environ.items() if k != "IREVLA_JOINED"}
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "robot_server.launch_graph", "rl_session",
-                             f"checkpoint:={REPO / 'policy' / 'default_model'}", "task:=pick_red_block",
-                             "instruction:=pick up the red block", "reward:=twin", "demos:=1", "demo_source:=expert",
+                             f"checkpoint:={REPO / 'policy' / 'default_model'}", "task:=press_green_button",
+                             "instruction:=press the green button", "reward:=twin", "demos:=1", "demo_source:=expert",
                              "learning_starts:=100000", f"learner_out:={tmp_path / 'learner'}",
                              f"actor_out:={tmp_path / 'actor'}"], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -163,6 +164,6 @@ def test_scripted_expert_demos_over_ros_on_the_twin_cell(tmp_path):
     files = list(storage.episode_files(tmp_path / "actor" / "harvest").values())
     assert len(files) == 1, text[-3000:]
     ep = read_episode(files[0])
-    assert ep.meta["extra"]["source"] == "expert_demo" and ep.meta["task"] == "pick_red_block" and ep.meta["success"]
+    assert ep.meta["extra"]["source"] == "expert_demo" and ep.meta["task"] == "press_green_button"
     learned = json.loads((tmp_path / "learner" / "summary.json").read_text())
     assert learned["received"]["demos"] >= 1, learned

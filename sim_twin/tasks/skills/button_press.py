@@ -13,8 +13,7 @@ CLOSED_PAD_DEPTH = 0.018  # the closed fingertips reach this far below the TCP (
 
 def button_depth(twin) -> float:
     """How far the cap is pushed down (m, 0 at rest)."""
-    m = twin.model
-    return float(-twin.data.qpos[m.jnt_qposadr[m.joint("fixture/button").id]])
+    return -twin.joint_value("fixture/button")
 
 
 def cap_top(twin) -> np.ndarray:

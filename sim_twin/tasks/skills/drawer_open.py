@@ -11,15 +11,13 @@ PULL_DISTANCE = 0.115  # the expert pulls this far (the joint stops at DRAWER_TR
 
 
 def drawer_opening(twin) -> float:
-    m = twin.model
-    return float(twin.data.qpos[m.jnt_qposadr[m.joint("fixture/drawer").id]])
+    return twin.joint_value("fixture/drawer")
 
 
 def drawer_frame(twin) -> tuple[np.ndarray, np.ndarray]:
     """Position and rotation matrix of the moving drawer body (its frame is the cabinet's, shifted by the
     opening along local +y)."""
-    bid = twin.model.body("fixture/drawer_box").id
-    return twin.data.xpos[bid].copy(), twin.data.xmat[bid].reshape(3, 3).copy()
+    return twin.body_frame("fixture/drawer_box")
 
 
 def handle_grasp_point(twin) -> np.ndarray:
