@@ -98,7 +98,7 @@ class ActorCore:
 
 
 def send_demos(core: ActorCore, runner, encoder, out: Path, count: int, source: str, seed: int, send, stop,
-               log, harvest=None) -> int:
+               log, harvest=None, max_attempts: Optional[int] = None) -> int:
     """Collect the zero-shot demos once (kept in out/actor_demos as the exact chunks sent) and send them. Returns
     how many were sent."""
     from rl_agent.episodes import collect_demos
@@ -109,16 +109,23 @@ def send_demos(core: ActorCore, runner, encoder, out: Path, count: int, source: 
         store.mkdir(parents=True, exist_ok=True)
         chunks: list[dict] = []
 
-        def on_demo(res, src, key):
-            if harvest is not None:
-                harvest(res.trace, src, key)
+        def episode_chunk(res) -> dict:
             builder = tp.ChunkBuilder(10_000)
             builder.start(res.observations[0])
             for i, a in enumerate(res.actions):
                 builder.add(a, float(res.rewards[i]), res.observations[i + 1], bool(res.dones[i]))
-            chunks.append(builder.flush())
+            return builder.flush()
 
-        stats = collect_demos(runner, encoder, DemoConfig(count=count, source=source), seed, on_demo,
+        def on_demo(res, src, key):
+            if harvest is not None:
+                harvest(res.trace, src, key)
+            chunks.append(episode_chunk(res))
+
+        def on_failed(res):  # a failed VLA attempt is real off-policy data: the online buffer, as in-process
+            send(tp.KIND_TRANSITIONS, episode_chunk(res))
+
+        stats = collect_demos(runner, encoder, DemoConfig(count=count, source=source, max_attempts=max_attempts),
+                              seed, on_demo, on_failed,
                               should_stop=stop.is_set)
         for i, chunk in enumerate(chunks):
             tmp = store / f".chunk_{i + 1:06d}.npz.tmp"

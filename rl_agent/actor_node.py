@@ -43,6 +43,7 @@ class ActorParams:
     seed: int = 0
     demos: int = 20
     demo_source: str = "vla"
+    demo_attempts: int = 0  # VLA attempts at most for the demos (0: 3 x demos)
     reward: str = "twin"
     classifier: str = ""
     rate_hz: float = 10.0
@@ -267,7 +268,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                "the demos come from the VLA (demo_source vla)")
                 demo_source = "vla"
         session.demos += send_demos(core, runner, encoder, out, int(p.demos), demo_source, int(p.seed),
-                                    send, stop, logger.info, harvest=harvest)
+                                    send, stop, logger.info, harvest=harvest,
+                                    max_attempts=p.demo_attempts or None)
         builder = tp.ChunkBuilder(int(p.chunk_steps))
         ep = len(elog.episodes)  # a restarted actor goes on from its episode log
         session.episode, session.finished, session.successes = ep, ep, sum(elog.successes)

@@ -201,7 +201,9 @@ def stage1(cfg: IterateConfig, run_dir: Path, ckpt: str, task: str) -> dict:
     if cfg.stage1 == "ros":
         from rl_agent.ros_stage1 import run_ros_session
         return run_ros_session(ckpt, task, out, scfg.minutes or 5.0, scfg.demos.count, scfg.train.learning_starts,
-                               scfg.env.max_episode_steps or 100, sac=base.get("sac"), log=_say)
+                               scfg.env.max_episode_steps or 100, sac=base.get("sac"), log=_say,
+                               demo_source=scfg.demos.source, demo_attempts=scfg.demos.max_attempts,
+                               seed=scfg.seed)
     return run_session(scfg, ckpt, out)
 
 

@@ -1,0 +1,100 @@
+"""Stage 1 both ways: the same RL session in-process (`irevla rl-session`) and over ROS 2 (the rl_session graph),
+several seeds each, one table. Issue 13's check that the two paths learn alike.
+
+    python benchmarks/rl_both_ways.py --seeds 0 1 2 --out runs/both_ways [--task press_green_button] [--minutes 7]
+
+Settings: config/main_job.yaml's session (iterate.session over config/rl_session.yaml): the same demos (count,
+source, VLA attempts), SAC settings, episode length and budget in minutes. Each run is resumable (a finished one is
+read back); runs go one after another (the ROS graph needs the machine's cores to keep 10 Hz). Writes
+<out>/both_ways.md and both_ways.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def session_dict(task: str, minutes: float, seed: int) -> dict:
+    import yaml
+    base = yaml.safe_load((REPO / "config" / "rl_session.yaml").read_text())["session"]
+    job = yaml.safe_load((REPO / "config" / "main_job.yaml").read_text())["iterate"]["session"]
+    for k, v in job.items():
+        base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    base.update(task=task, minutes=minutes, seed=seed)
+    return base
+
+
+def run_one(way: str, task: str, minutes: float, seed: int, ckpt: str, out: Path) -> dict:
+    from rl_agent.session_config import SessionConfig
+    base = session_dict(task, minutes, seed)
+    cfg = SessionConfig.from_dict(base)
+    if way == "in-process":
+        from rl_agent.session import run_session
+        s = run_session(cfg, ckpt, out)
+        demos = s.get("demos") or {}
+        return {"episodes": s["episodes"], "env_steps": s["env_steps"], "updates": s["updates"],
+                "success_last20": s["success_last20"], "successes": round((s["train_success_rate"] or 0) * s["episodes"]),
+                "demos": f"{demos.get('vla', 0)} VLA + {demos.get('expert', 0)} scripted"}
+    from rl_agent.ros_stage1 import run_ros_session
+    s = run_ros_session(ckpt, task, out, cfg.minutes, cfg.demos.count, cfg.train.learning_starts,
+                        cfg.env.max_episode_steps or 100, sac=base.get("sac"), demo_source=cfg.demos.source,
+                        demo_attempts=cfg.demos.max_attempts, seed=seed)
+    log = (out / "graph.log").read_text(errors="replace")
+    demo_line = next((ln for ln in log.splitlines() if "actor: " in ln and " demos (" in ln), "")
+    return {"episodes": s["episodes"], "env_steps": s["env_steps"], "updates": s["updates"],
+            "success_last20": s["success_last20"], "successes": s["successes"],
+            "demos": demo_line.split("actor: ", 1)[-1] if demo_line else "?"}
+
+
+def mean_ci(values: list[float]) -> str:
+    n = len(values)
+    m = sum(values) / n
+    if n < 2:
+        return f"{m:.2f}"
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78}.get(n, 2.0)  # Student t, 95 %
+    return f"{m:.2f} ± {t * sd / math.sqrt(n):.2f}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--task", default="press_green_button")
+    ap.add_argument("--minutes", type=float, default=7.0)
+    ap.add_argument("--checkpoint", default=str(REPO / "policy" / "default_model"))
+    ap.add_argument("--out", default="runs/both_ways")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    results: dict = {}
+    for seed in args.seeds:
+        for way in ("in-process", "ros2"):
+            r = run_one(way, args.task, args.minutes, seed, args.checkpoint, out / f"{way}_seed{seed}")
+            results.setdefault(way, {})[seed] = r
+            print(f"{way} seed {seed}: {r}", flush=True)
+    (out / "both_ways.json").write_text(json.dumps(results, indent=1))
+    lines = [f"# Stage 1 both ways: {args.task}, {args.minutes:g} min per session, seeds {args.seeds}", "",
+             f"`python benchmarks/rl_both_ways.py --seeds {' '.join(map(str, args.seeds))} --task {args.task} "
+             f"--minutes {args.minutes:g}`", "",
+             "| way | seed | demos | episodes | env steps | updates | successes | success, last 20 episodes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for way, per_seed in results.items():
+        for seed, r in per_seed.items():
+            last = "-" if r["success_last20"] is None else f"{r['success_last20']:.2f}"
+            lines.append(f"| {way} | {seed} | {r['demos']} | {r['episodes']} | {r['env_steps']} | {r['updates']} | "
+                         f"{r['successes']}/{r['episodes']} | {last} |")
+    lines += ["", "| way | success over the last 20 episodes, mean ± 95 % t-interval over seeds |", "|---|---|"]
+    for way, per_seed in results.items():
+        lines.append(f"| {way} | {mean_ci([r['success_last20'] or 0.0 for r in per_seed.values()])} |")
+    (out / "both_ways.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
