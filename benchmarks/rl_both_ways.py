@@ -44,7 +44,7 @@ def run_one(way: str, task: str, minutes: float, seed: int, ckpt: str, out: Path
     from rl_agent.ros_stage1 import run_ros_session
     s = run_ros_session(ckpt, task, out, cfg.minutes, cfg.demos.count, cfg.train.learning_starts,
                         cfg.env.max_episode_steps or 100, sac=base.get("sac"), demo_source=cfg.demos.source,
-                        demo_attempts=cfg.demos.max_attempts, seed=seed)
+                        demo_attempts=cfg.demos.max_attempts, seed=seed, utd=cfg.train.updates_per_step)
     log = (out / "graph.log").read_text(errors="replace")
     demo_line = next((ln for ln in log.splitlines() if "actor: " in ln and " demos (" in ln), "")
     return {"episodes": s["episodes"], "env_steps": s["env_steps"], "updates": s["updates"],

@@ -60,7 +60,7 @@ class ActorParams:
     intervention_device: str = ""  # spacemouse | keyboard
     teleop_config: str = ""
     console: Union[bool, str] = "auto"  # auto | on | off (ROS reads on/off as booleans)
-    minutes: float = 0.0  # session budget (0: until stopped)
+    minutes: float = 0.0  # RL budget after the demos (0: until stopped)
     harvest: bool = True  # successful episodes -> out_dir/harvest
     demo_data: str = ""  # recorded episodes (expert-set format) as demos
     demo_episodes: int = 20
@@ -222,7 +222,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     session = SessionStatus()
     elog = EpisodeLog(out, p.task)  # episodes.jsonl, tb/, success_rate.png, summary.json
     elog.extra["harvest_dir"] = str(out / "harvest") if p.harvest else None
-    t_end = time.monotonic() + 60.0 * float(p.minutes) if float(p.minutes) > 0 else None
+    t_end = None  # the budget counts from the first RL episode (demos come on top, as in-process)
 
     def status() -> SessionStatus:
         session.transitions, session.params_version = core.env_steps, core.params_version
@@ -271,6 +271,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                     send, stop, logger.info, harvest=harvest,
                                     max_attempts=p.demo_attempts or None)
         builder = tp.ChunkBuilder(int(p.chunk_steps))
+        t_end = time.monotonic() + 60.0 * p.minutes if p.minutes > 0 else None
         ep = len(elog.episodes)  # a restarted actor goes on from its episode log
         session.episode, session.finished, session.successes = ep, ep, sum(elog.successes)
         while not stop.is_set() and (int(p.max_episodes) <= 0 or ep < int(p.max_episodes)) \

@@ -25,7 +25,7 @@ def _cases() -> dict[str, list[tuple[str, list[str]]]]:
         "demo": [("missing checkpoint", ["--checkpoint", missing, "--out", "{tmp}/demo"]),
                  ("missing config", ["--config", missing + ".yaml", "--out", "{tmp}/demo"])],
         "scripted-demo": [("unknown task", ["--task", "no_such_task"]),
-                          ("task it cannot drive", ["--task", "press_button"])],
+                          ("task it cannot drive", ["--task", "route_cable"])],
         "experts": [("unknown task", ["--tasks", "no_such_task", "--episodes", "1"])],
         "launch": [("unknown launch argument", ["sim_cell", "no_such_argument:=1"])],
         "collect": [("unknown task", ["--out", "{tmp}/c", "--episodes-per-task", "1", "--tasks", "no_such_task"])],
