@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from robot_server.contract import policy_state_of_obs
-from robot_server.rollout import rollout
+from robot_server.rollout import Rollout, rollout
 from robot_server.usage import UsageError, require_checkpoint, require_file
 from sim_twin import seeds
 from teleop.config import from_dict, load_yaml, to_dict
@@ -86,22 +86,10 @@ class VLAPolicy:
         return self.vla.act(images, [instruction], policy_state_of_obs(obs["state"])[None])[0]
 
 
-@dataclass
-class EpisodeResult:
-    task: str
-    category: str
-    seed: int
-    instruction: str
-    success: bool
-    steps: int
-    seconds: float
-
-
 def run_episode(env, policy: Callable, task: str, seed: int, max_steps: Optional[int] = None,
-                frames: Optional[list] = None) -> EpisodeResult:
+                frames: Optional[list] = None) -> Rollout:
     keep = None if frames is None else (lambda obs, action: frames.append((obs["images"], action)))
-    r = rollout(env, policy, seed, task=task, max_steps=max_steps, on_step=keep)
-    return EpisodeResult(task, r.category, seed, r.instruction, r.success, r.steps, r.seconds)
+    return rollout(env, policy, seed, task=task, max_steps=max_steps, on_step=keep)
 
 
 def _make_env(policy: VLAPolicy, cfg: EvalConfig, task: str):
@@ -138,7 +126,7 @@ def _evaluate_job(env, policy, job: tuple, cfg: EvalConfig, video_dir: Optional[
     task, seed, want_video = job
     frames = [] if want_video else None
     r = run_episode(env, policy, task, seeds.seed("evaluation", seed), cfg.max_steps, frames)
-    d = r.__dict__.copy()
+    d = r.record()
     if want_video and video_dir:
         path = Path(video_dir) / f"{task}_seed{seed}_{'success' if r.success else 'failure'}.mp4"
         write_rollout_video(frames, r.instruction, path)

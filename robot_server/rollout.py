@@ -24,6 +24,11 @@ class Rollout:
     seconds: float
     info: dict = field(default_factory=dict, repr=False)  # the last step's info
 
+    def record(self) -> dict:
+        """The episode as evaluation results store it (JSON-ready, without the info)."""
+        return {"task": self.task, "category": self.category, "seed": self.seed, "instruction": self.instruction,
+                "success": self.success, "steps": self.steps, "seconds": self.seconds}
+
 
 def rollout(env, policy: Callable[[dict, str], Any], seed: int, task: Optional[str] = None,
             max_steps: Optional[int] = None, on_step: Optional[Callable[[dict, np.ndarray], None]] = None) -> Rollout:

@@ -64,16 +64,19 @@ def test_operator_runs_a_session_with_keys(tmp_path):
     assert learned["demo"] > 0 and learned["received"]["demos"] >= 1, learned
 
 
-def _graph(tmp_path, log_name: str):
+KILL_ARGS = ("task:=press_button", "instruction:=press the button", "reward:=twin", "demos:=0",
+             "max_episode_steps:=12", "learning_starts:=100000")
+
+
+def _graph(tmp_path, log_name: str, args=KILL_ARGS):
+    """The rl_session graph on the twin with the default model, its output in tmp_path/log_name."""
     import subprocess
     env = {k: v for k, v in os.environ.items() if k != "IREVLA_JOINED"}
     log = open(tmp_path / log_name, "w")
     proc = subprocess.Popen([sys.executable, "-m", "robot_server.launch_graph", "rl_session",
-                             f"checkpoint:={REPO / 'policy' / 'default_model'}", "task:=press_button",
-                             "instruction:=press the button", "reward:=twin", "demos:=0", "max_episode_steps:=12",
-                             "learning_starts:=100000", f"learner_out:={tmp_path / 'learner'}",
-                             f"actor_out:={tmp_path / 'actor'}"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                             f"checkpoint:={REPO / 'policy' / 'default_model'}", *args,
+                             f"learner_out:={tmp_path / 'learner'}", f"actor_out:={tmp_path / 'actor'}"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, log
 
 
@@ -140,15 +143,9 @@ def test_scripted_expert_demos_over_ros_on_the_twin_cell(tmp_path):
     stage 2."""
     import json
     import signal as sig
-    import subprocess
-    env = {k: v for k, v in os.environ.items() if k != "IREVLA_JOINED"}
-    log = open(tmp_path / "run.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "robot_server.launch_graph", "rl_session",
-                             f"checkpoint:={REPO / 'policy' / 'default_model'}", "task:=press_green_button",
-                             "instruction:=press the green button", "reward:=twin", "demos:=1", "demo_source:=expert",
-                             "learning_starts:=100000", f"learner_out:={tmp_path / 'learner'}",
-                             f"actor_out:={tmp_path / 'actor'}"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc, log = _graph(tmp_path, "run.log", ("task:=press_green_button", "instruction:=press the green button",
+                                             "reward:=twin", "demos:=1", "demo_source:=expert",
+                                             "learning_starts:=100000"))
     try:
         _wait_for(tmp_path / "run.log", r"actor: sent 1 demo episode", 300, proc=proc)
         os.killpg(proc.pid, sig.SIGINT)
