@@ -20,19 +20,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def session_dict(task: str, minutes: float, seed: int) -> dict:
+def session_dict(task: str, minutes: float, seed: int, episodes: int = 0) -> dict:
     import yaml
     base = yaml.safe_load((REPO / "config" / "rl_session.yaml").read_text())["session"]
     job = yaml.safe_load((REPO / "config" / "main_job.yaml").read_text())["iterate"]["session"]
     for k, v in job.items():
         base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
     base.update(task=task, minutes=minutes, seed=seed)
+    if episodes:
+        base["max_episodes"] = episodes
     return base
 
 
-def run_one(way: str, task: str, minutes: float, seed: int, ckpt: str, out: Path) -> dict:
+def run_one(way: str, task: str, minutes: float, seed: int, ckpt: str, out: Path, episodes: int = 0) -> dict:
     from rl_agent.session_config import SessionConfig
-    base = session_dict(task, minutes, seed)
+    base = session_dict(task, minutes, seed, episodes)
     cfg = SessionConfig.from_dict(base)
     if way == "in-process":
         from rl_agent.session import run_session
@@ -44,7 +46,8 @@ def run_one(way: str, task: str, minutes: float, seed: int, ckpt: str, out: Path
     from rl_agent.ros_stage1 import run_ros_session
     s = run_ros_session(ckpt, task, out, cfg.minutes, cfg.demos.count, cfg.train.learning_starts,
                         cfg.env.max_episode_steps or 100, sac=base.get("sac"), demo_source=cfg.demos.source,
-                        demo_attempts=cfg.demos.max_attempts, seed=seed, utd=cfg.train.updates_per_step)
+                        demo_attempts=cfg.demos.max_attempts, seed=seed, utd=cfg.train.updates_per_step,
+                        max_episodes=episodes, timeout_s=60.0 * minutes + 900.0)
     log = (out / "graph.log").read_text(errors="replace")
     demo_line = next((ln for ln in log.splitlines() if "actor: " in ln and " demos (" in ln), "")
     return {"episodes": s["episodes"], "env_steps": s["env_steps"], "updates": s["updates"],
@@ -66,7 +69,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--task", default="press_green_button")
-    ap.add_argument("--minutes", type=float, default=7.0)
+    ap.add_argument("--minutes", type=float, default=7.0, help="RL budget per session (wall clock)")
+    ap.add_argument("--episodes", type=int, default=0, help="RL episodes per session (0: the minutes decide); the "
+                    "same number both ways compares learning per episode, not per wall-clock minute")
     ap.add_argument("--checkpoint", default=str(REPO / "policy" / "default_model"))
     ap.add_argument("--out", default="runs/both_ways")
     args = ap.parse_args(argv)
@@ -74,13 +79,14 @@ def main(argv=None) -> int:
     results: dict = {}
     for seed in args.seeds:
         for way in ("in-process", "ros2"):
-            r = run_one(way, args.task, args.minutes, seed, args.checkpoint, out / f"{way}_seed{seed}")
+            r = run_one(way, args.task, args.minutes, seed, args.checkpoint, out / f"{way}_seed{seed}", args.episodes)
             results.setdefault(way, {})[seed] = r
             print(f"{way} seed {seed}: {r}", flush=True)
     (out / "both_ways.json").write_text(json.dumps(results, indent=1))
-    lines = [f"# Stage 1 both ways: {args.task}, {args.minutes:g} min per session, seeds {args.seeds}", "",
+    budget = f"{args.episodes} RL episodes (at most {args.minutes:g} min)" if args.episodes else f"{args.minutes:g} min"
+    lines = [f"# Stage 1 both ways: {args.task}, {budget} per session, seeds {args.seeds}", "",
              f"`python benchmarks/rl_both_ways.py --seeds {' '.join(map(str, args.seeds))} --task {args.task} "
-             f"--minutes {args.minutes:g}`", "",
+             f"--minutes {args.minutes:g} --episodes {args.episodes} --out {args.out}`", "",
              "| way | seed | demos | episodes | env steps | updates | successes | success, last 20 episodes |",
              "|---|---|---|---|---|---|---|---|"]
     for way, per_seed in results.items():

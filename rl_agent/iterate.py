@@ -203,7 +203,8 @@ def stage1(cfg: IterateConfig, run_dir: Path, ckpt: str, task: str) -> dict:
         return run_ros_session(ckpt, task, out, scfg.minutes or 5.0, scfg.demos.count, scfg.train.learning_starts,
                                scfg.env.max_episode_steps or 100, sac=base.get("sac"), log=_say,
                                demo_source=scfg.demos.source, demo_attempts=scfg.demos.max_attempts,
-                               seed=scfg.seed, utd=scfg.train.updates_per_step)
+                               seed=scfg.seed, utd=scfg.train.updates_per_step,
+                               max_episodes=scfg.max_episodes or 0)
     return run_session(scfg, ckpt, out)
 
 

@@ -22,10 +22,12 @@ from rl_agent.checkpoints import atomic_write_text
 
 def graph_command(ckpt: str, task: str, instruction: str, out: Path, minutes: float, demos: int,
                   learning_starts: int, max_episode_steps: int, rl_config: str = "",
-                  demo_source: str = "vla", demo_attempts: int = 0, seed: int = 0, utd: float = 0.0) -> list[str]:
+                  demo_source: str = "vla", demo_attempts: int = 0, seed: int = 0, utd: float = 0.0,
+                  max_episodes: int = 0) -> list[str]:
     return [sys.executable, "-m", "robot_server.launch_graph", "rl_session", f"checkpoint:={ckpt}", f"task:={task}",
             f"instruction:={instruction}", "reward:=twin", "auto_reset:=true", "console:=off", f"demos:={demos}",
             f"demo_source:={demo_source}", f"demo_attempts:={demo_attempts}", f"seed:={seed}", f"utd:={float(utd)}",
+            f"max_episodes:={max_episodes}",
             f"minutes:={minutes}", f"learning_starts:={learning_starts}", f"max_episode_steps:={max_episode_steps}",
             f"rl_config:={rl_config}", f"learner_out:={out / 'learner'}", f"actor_out:={out / 'actor'}"]
 
@@ -33,7 +35,7 @@ def graph_command(ckpt: str, task: str, instruction: str, out: Path, minutes: fl
 def run_ros_session(ckpt: str, task: str, out: Path, minutes: float, demos: int = 0, learning_starts: int = 100,
                     max_episode_steps: int = 100, sac: dict | None = None, log: Callable[[str], None] = print,
                     timeout_s: float | None = None, demo_source: str = "vla", demo_attempts: int = 0,
-                    seed: int = 0, utd: float = 0.0) -> dict:
+                    seed: int = 0, utd: float = 0.0, max_episodes: int = 0) -> dict:
     """Run (or resume) one stage-1 session over ROS 2 on the twin; returns summary.json's content. `sac`: the
     SAC settings of the in-process session (its `sac:` section), handed to both nodes so that the two paths learn
     with the same agent; `demo_source` as the in-process session's (the scripted expert runs from the scene topic);
@@ -53,7 +55,7 @@ def run_ros_session(ckpt: str, task: str, out: Path, minutes: float, demos: int 
         rl_config = str(out / "rl_config.yaml")
         atomic_write_text(Path(rl_config), yaml.safe_dump({"session": {"sac": dict(sac)}}))
     cmd = graph_command(ckpt, task, instruction, out, minutes, demos, learning_starts, max_episode_steps, rl_config,
-                        demo_source, demo_attempts, seed, utd)
+                        demo_source, demo_attempts, seed, utd, max_episodes)
     log(f"stage 1 over ROS 2: {' '.join(cmd[2:4])} ... ({minutes:g} min; log {out / 'graph.log'})")
     env = {k: v for k, v in os.environ.items() if k != "IREVLA_JOINED"}
     with open(out / "graph.log", "a") as f:
