@@ -96,16 +96,17 @@ class RosLatentEnv:
         return self._expert
 
     def scripted_demos_unavailable(self) -> str:
-        """Why this cell has no scripted expert ("" when it has: the twin behind robot_node, a pick/place task)."""
+        """Why this cell has no scripted expert ("" when it has: the twin behind robot_node, a task of
+        robot_server.scene_expert.SKILLS_OVER_ROS)."""
         return self.scene_expert().unavailable()
 
     def expert_action(self, noise: float = 0.0) -> np.ndarray:
         """The twin's scripted expert over ROS (robot_server.scene_expert): the robot node's scene ground truth,
         published for the sim backend only. NoSceneError on a real cell."""
-        self.scene_expert()
-        if self._expert.expert is None:
-            self._expert.start(self._seed, noise)
-        return self._expert.action()
+        expert = self.scene_expert()
+        if expert.expert is None:  # the first step after a reset
+            expert.start(self._seed, noise)
+        return expert.action()
 
     def reset(self, seed: int):
         self._seed = int(seed)
