@@ -1,8 +1,9 @@
 """The twin's scripted expert over ROS 2: actions from the robot node's scene ground truth.
 
 robot_node publishes the twin's scene (object poses, fixture bodies and joints, task, instruction) on
-/irevla/robot/sim_scene when its backend is the sim (never for a real arm). With it and the robot state, a process that sees the cell only over ROS 2 -- the
-scripted demo (`irevla scripted-demo`), the RL actor's expert demos -- runs the same skill as the in-process twin.
+/irevla/robot/sim_scene when its backend is the sim (never for a real arm). With it and the robot state, a process
+that sees the cell only over ROS 2 -- the scripted demo (`irevla scripted-demo`), the RL actor's expert demos -- runs
+the same skill as the in-process twin.
 """
 from __future__ import annotations
 
