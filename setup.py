@@ -53,7 +53,7 @@ setup(
         # Subcommands of `irevla` (robot_server/cli.py): each package adds its own here, and a one-line
         # description to robot_server.cli.COMMANDS (tests/test_cli.py checks both).
         'irevla.commands': [
-            'demo = rl_agent.main_job:main',
+            'demo = rl_agent.jobs.main_job:main',
             'scripted-demo = robot_server.demo:main',
             'experts = robot_server.experts_cli:main',
             'launch = robot_server.launch_graph:main',
@@ -62,11 +62,11 @@ setup(
             'features = policy.feature_cache:build_features_cli',
             'command = policy.command_cli:main',
             'evaluate = policy.evaluate:main',
-            'rl-session = rl_agent.session_cli:main',
-            'iterate = rl_agent.iterate:main',
+            'rl-session = rl_agent.jobs.session_cli:main',
+            'iterate = rl_agent.jobs.iterate:main',
             'dataset = teleop.dataset_cli:main',
             'join = robot_server.join_cli:main',
-            'train-classifier = rl_agent.classifier_cli:main',
+            'train-classifier = rl_agent.jobs.classifier_cli:main',
         ],
     },
 )

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""In-process stage-1 loop speed (rl_agent.session): what one env step costs on this machine, part by part.
+"""In-process stage-1 loop speed (rl_agent.jobs.session): what one env step costs on this machine, part by part.
 
 Per step: the twin (physics at the contract's 10 Hz in simulated time + rendering the VLA's cameras), the frozen
 VLA's encode (once per observation), the agent's action, and `updates_per_step` SAC updates on a 50/50 demo/online
@@ -43,7 +43,7 @@ def measure(vla_config: str, args) -> dict:
     from rl_agent.bridge import head_to_flax
     from rl_agent.buffers import LatentReplayBuffer, sample_mixed
     from rl_agent.env import LatentEncoder, LatentEnv
-    from rl_agent.session import sac_config_for
+    from rl_agent.jobs.session import sac_config_for
 
     torch.set_num_threads(1)
     vla = build_vla(VLAConfig.from_yaml(vla_config, "vla"))
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline-vla-config", default=str(ROOT / "config" / "policy_tiny.yaml"),
                     help="the previous default's architecture, measured in the same run ('none': skip)")
     args = ap.parse_args(argv)
-    from rl_agent.session import enable_compilation_cache
+    from rl_agent.jobs.session import enable_compilation_cache
     enable_compilation_cache()
     results = measure(args.vla_config, args)
     (b_name, b), (f_name, f) = results.items()

@@ -37,17 +37,14 @@ def run_one(way: str, task: str, minutes: float, seed: int, ckpt: str, out: Path
     base = session_dict(task, minutes, seed, episodes)
     cfg = SessionConfig.from_dict(base)
     if way == "in-process":
-        from rl_agent.session import run_session
+        from rl_agent.jobs.session import run_session
         s = run_session(cfg, ckpt, out)
         demos = s.get("demos") or {}
         return {"episodes": s["episodes"], "env_steps": s["env_steps"], "updates": s["updates"],
                 "success_last20": s["success_last20"], "successes": round((s["train_success_rate"] or 0) * s["episodes"]),
                 "demos": f"{demos.get('vla', 0)} VLA + {demos.get('expert', 0)} scripted"}
-    from rl_agent.ros_stage1 import run_ros_session
-    s = run_ros_session(ckpt, task, out, cfg.minutes, cfg.demos.count, cfg.train.learning_starts,
-                        cfg.env.max_episode_steps or 100, sac=base.get("sac"), demo_source=cfg.demos.source,
-                        demo_attempts=cfg.demos.max_attempts, seed=seed, utd=cfg.train.updates_per_step,
-                        max_episodes=episodes, timeout_s=60.0 * minutes + 900.0)
+    from rl_agent.jobs.ros_stage1 import run_ros_session
+    s = run_ros_session(ckpt, cfg, out, timeout_s=60.0 * minutes + 900.0)
     log = (out / "graph.log").read_text(errors="replace")
     demo_line = next((ln for ln in log.splitlines() if "actor: " in ln and " demos (" in ln), "")
     return {"episodes": s["episodes"], "env_steps": s["env_steps"], "updates": s["updates"],

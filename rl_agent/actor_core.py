@@ -1,17 +1,61 @@
 """The ROS actor's parts that need no ROS (rl_agent/actor_node.py is the thin rclpy shell; tests drive these
-directly): ActorCore (its agent with parameters swapped in atomically, the outbox, learner liveness and the messages
-about it) and the zero-shot demos it collects once and sends.
+directly): ActorParams (its settings), ActorCore (its agent with parameters swapped in atomically, the outbox, learner
+liveness and the messages about it) and the zero-shot demos it collects once and sends. The acting loop itself is
+rl_agent/actor_loop.py.
 """
 from __future__ import annotations
 
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from rl_agent import transport as tp
 from rl_agent.agent_setup import with_actor_params
+
+
+# ---------------------------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class ActorParams:
+    """The actor's settings: rl_actor's ROS parameters (robot_server.ros_main.declare_config declares one per
+    field) and what rl_agent.actor_loop.run_actor reads."""
+    checkpoint: str = ""  # the stage-0 VLA checkpoint directory (required)
+    task: str = "pick_eggplant"
+    task_file: str = ""  # comma-separated task files (e.g. MetaWorld's) beside the built-in registry
+    out_dir: str = "runs/rl_actor"
+    config: str = ""  # a session YAML whose `sac:` section overrides the agent's
+    actor_id: str = "actor0"
+    mode: str = "twin"  # twin: its own twin; robot: latents from the policy server, actions to the robot server
+    seed: int = 0
+    demos: int = 20
+    demo_source: str = "vla"
+    demo_attempts: int = 0  # VLA attempts at most for the demos (0: 3 x demos)
+    reward: str = "twin"
+    classifier: str = ""
+    rate_hz: float = 10.0
+    chunk_steps: int = 10
+    heartbeat_period_s: float = 0.5
+    learner_timeout_s: float = 3.0
+    silent_report_s: float = 5.0
+    outbox_mb: int = 256
+    resend_after_s: float = 3.0
+    max_episodes: int = 0
+    max_episode_steps: int = 0
+    auto_reset: bool = True
+    image_size: int = 0
+    intervention_device: str = ""  # spacemouse | keyboard
+    teleop_config: str = ""
+    console: Union[bool, str] = "auto"  # auto | on | off (ROS reads on/off as booleans)
+    minutes: float = 0.0  # RL budget after the demos (0: until stopped)
+    harvest: bool = True  # successful episodes -> out_dir/harvest
+    demo_data: str = ""  # recorded episodes (expert-set format) as demos
+    demo_episodes: int = 20
+
+    def __post_init__(self):
+        if self.mode not in ("twin", "robot"):
+            raise ValueError(f"mode must be twin or robot, got {self.mode!r}")
 
 
 class ActorCore:
@@ -35,6 +79,7 @@ class ActorCore:
         self.learner: dict = {}
         self.episodes = 0
         self.env_steps = 0
+        self.rl_deadline: Optional[float] = None  # time.monotonic() at which the RL budget ends (None: no end)
 
     def sender_for(self, kind: str) -> str:
         return self.actor_id if kind == tp.KIND_DEMOS else self.incarnation

@@ -19,55 +19,12 @@ import dataclasses
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional, Union
-
-import numpy as np
+from typing import Any, Optional
 
 from rl_agent import transport as tp
-from rl_agent.actor_core import ActorCore, send_demos
+from rl_agent.actor_core import ActorCore, ActorParams
+from rl_agent.actor_loop import run_actor
 from rl_agent.robot_env import ActorHarvest, RosLatentEnv, task_category
-from sim_twin import seeds
-
-
-# ---------------------------------------------------------------------------------------------- parameters
-@dataclasses.dataclass(frozen=True)
-class ActorParams:
-    """rl_actor's ROS parameters (robot_server.ros_main.declare_config declares one per field)."""
-    checkpoint: str = ""  # the stage-0 VLA checkpoint directory (required)
-    task: str = "pick_eggplant"
-    task_file: str = ""  # comma-separated task files (e.g. MetaWorld's) beside the built-in registry
-    out_dir: str = "runs/rl_actor"
-    config: str = ""  # a session YAML whose `sac:` section overrides the agent's
-    actor_id: str = "actor0"
-    mode: str = "twin"  # twin: its own twin; robot: latents from the policy server, actions to the robot server
-    seed: int = 0
-    demos: int = 20
-    demo_source: str = "vla"
-    demo_attempts: int = 0  # VLA attempts at most for the demos (0: 3 x demos)
-    reward: str = "twin"
-    classifier: str = ""
-    rate_hz: float = 10.0
-    chunk_steps: int = 10
-    heartbeat_period_s: float = 0.5
-    learner_timeout_s: float = 3.0
-    silent_report_s: float = 5.0
-    outbox_mb: int = 256
-    resend_after_s: float = 3.0
-    max_episodes: int = 0
-    max_episode_steps: int = 0
-    auto_reset: bool = True
-    image_size: int = 0
-    intervention_device: str = ""  # spacemouse | keyboard
-    teleop_config: str = ""
-    console: Union[bool, str] = "auto"  # auto | on | off (ROS reads on/off as booleans)
-    minutes: float = 0.0  # RL budget after the demos (0: until stopped)
-    harvest: bool = True  # successful episodes -> out_dir/harvest
-    demo_data: str = ""  # recorded episodes (expert-set format) as demos
-    demo_episodes: int = 20
-
-    def __post_init__(self):
-        if self.mode not in ("twin", "robot"):
-            raise ValueError(f"mode must be twin or robot, got {self.mode!r}")
 
 
 # ---------------------------------------------------------------------------------------------- ROS node
@@ -104,7 +61,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from rl_agent.env import LatentEncoder, LatentEnv
     from rl_agent.agent_setup import build_agent, load_sac_overrides
-    from rl_agent.episodes import EpisodeRunner, agent_policy
+    from rl_agent.episodes import EpisodeRunner
     from rl_agent.rewards import AnyOfReward, OperatorReward, RewardConfig, make_reward_source
 
     agent, vla = build_agent(p.checkpoint, load_sac_overrides(p.config), int(p.seed))
@@ -222,13 +179,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     session = SessionStatus()
     elog = EpisodeLog(out, p.task)  # episodes.jsonl, tb/, success_rate.png, summary.json
     elog.extra["harvest_dir"] = str(out / "harvest") if p.harvest else None
-    t_end = None  # the budget counts from the first RL episode (demos come on top, as in-process)
 
     def status() -> SessionStatus:
         session.transitions, session.params_version = core.env_steps, core.params_version
         session.learner_alive = core.live.alive
         session.waiting_for_reset = bool(getattr(env, "waiting_for_reset", False))
-        session.time_left_s = None if t_end is None else t_end - time.monotonic()
+        session.time_left_s = None if core.rl_deadline is None else core.rl_deadline - time.monotonic()
         return session
 
     try:
@@ -252,67 +208,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     executor.add_node(node)
     spinner = threading.Thread(target=lambda: _spin(executor, stop), name="rl_actor_spin", daemon=True)
     spinner.start()
-    rng = np.random.default_rng(int(p.seed) + 1)
-    rate_hz = float(p.rate_hz) if p.mode == "twin" else 0.0  # robot mode paces itself in RosLatentEnv
     code = 0
     try:
-        if p.demo_data:  # the operator's recorded episodes first: no scene resets needed for them
-            from rl_agent.recorded_demos import send_recorded_demos
-            session.demos = send_recorded_demos(p.demo_data, encoder, out, p.task, int(p.demo_episodes),
-                                                agent.prepare_observations, send, logger.info)
-        demo_source = p.demo_source
-        if demo_source != "vla" and isinstance(env, RosLatentEnv) and p.demos > 0:
-            why = env.scripted_demos_unavailable()
-            if why:  # a real cell: the VLA's own successes are the demos (the paper's way)
-                logger.warning(f"actor: demo_source {demo_source!r} needs the twin's scripted expert: {why}; "
-                               "the demos come from the VLA (demo_source vla)")
-                demo_source = "vla"
-        session.demos += send_demos(core, runner, encoder, out, int(p.demos), demo_source, int(p.seed),
-                                    send, stop, logger.info, harvest=harvest,
-                                    max_attempts=p.demo_attempts or None)
-        builder = tp.ChunkBuilder(int(p.chunk_steps))
-        t_end = time.monotonic() + 60.0 * p.minutes if p.minutes > 0 else None
-        ep = len(elog.episodes)  # a restarted actor goes on from its episode log
-        session.episode, session.finished, session.successes = ep, ep, sum(elog.successes)
-        while not stop.is_set() and (int(p.max_episodes) <= 0 or ep < int(p.max_episodes)) \
-                and (t_end is None or time.monotonic() < t_end):
-            t_next = [time.monotonic()]
-
-            def on_step(obs, a, verdict, next_obs, took):
-                core.env_steps += 1
-                chunk = builder.add(a, verdict.reward, next_obs, verdict.success, took)
-                if chunk is not None:
-                    send(tp.KIND_TRANSITIONS, chunk)
-                if rate_hz > 0:  # the contract's 10 Hz in wall-clock time
-                    t_next[0] += 1.0 / rate_hz
-                    delay = t_next[0] - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                    else:
-                        t_next[0] = time.monotonic()
-
-            res = runner.run(seeds.seed("online_rl", int(p.seed) * 1_000_000 + ep),
-                             agent_policy(core.current_agent, False, rng),
-                             keep_images=bool(p.harvest), on_reset=builder.start, on_step=on_step,
-                             should_stop=stop.is_set,
-                             allow_interventions=interventions is not None)
-            last = builder.flush()
-            if last is not None:
-                send(tp.KIND_TRANSITIONS, last)
-            if harvest is not None:
-                harvest(res.trace, "rl", f"rl:{ep}")
-            ep += 1
-            core.episodes = ep
-            session.episode, session.finished = ep + 1, ep
-            session.successes += int(res.trace.success)
-            elog.extra.update(demos=session.demos, transitions_sent=core.env_steps,
-                              params_version=core.params_version)
-            elog.add(res.trace.success, len(res.actions), res.trace.interventions, core.params_version,
-                     res.trace.ended_by or "")
-            how = f"success ({res.trace.ended_by})" if res.trace.success else "failure"
-            took = f", {res.trace.interventions} intervention(s)" if interventions is not None else ""
-            logger.info(f"actor: episode {ep}: {how} in {len(res.actions)} steps (params v{core.params_version}, "
-                        f"pending {core.outbox.pending()}{took})")
+        why = env.scripted_demos_unavailable() if isinstance(env, RosLatentEnv) else None
+        run_actor(p, core, runner, env, encoder, send, stop, session, elog, harvest, interventions is not None,
+                  why, log=logger.info, warn=logger.warning)
     except (KeyboardInterrupt, InterruptedError, ExternalShutdownException):
         pass
     except TimeoutError as exc:

@@ -1,5 +1,5 @@
 """Building the SACfD agent for a stage-0 VLA and moving its actor's parameters: the library part shared by the
-in-process session (rl_agent/session.py) and the ROS nodes (rl_agent/actor_node.py, rl_agent/learner_node.py).
+in-process session (rl_agent/jobs/session.py) and the ROS nodes (rl_agent/actor_node.py, rl_agent/learner_node.py).
 
     agent, vla = build_agent("runs/stage0", load_sac_overrides("config/rl_session.yaml"), seed=0)
     params = actor_params_of(agent)                  # what the learner pushes

@@ -1,4 +1,4 @@
-"""Checkpoints of the learning state, shared by the in-process session (rl_agent/session.py) and the ROS learner
+"""Checkpoints of the learning state, shared by the in-process session (rl_agent/jobs/session.py) and the ROS learner
 (rl_agent/learner_node.py): CheckpointStore (ckpt_NNNNNN directories, each complete or absent: written into a
 temporary directory, then renamed; LATEST names the newest) and the files a checkpoint holds beside its state.json
 (agent.msgpack, online.npz, demo.npz).

@@ -1,6 +1,6 @@
 """The stage-1 RL session's configuration (`irevla rl-session`, config/rl_session.yaml): one dataclass per YAML
 section, gathered in SessionConfig (from_dict / from_yaml / to_dict through teleop.config). Pure data: no JAX, no
-torch. The session job (rl_agent/session.py), the ROS actor (its DemoConfig) and `irevla iterate` read it.
+torch. The session job (rl_agent/jobs/session.py), the ROS actor (its DemoConfig) and `irevla iterate` read it.
 """
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ def small_sac_config():
 
 def _enable_compilation_cache() -> None:
     # What the session / actor / learner entry points do: compiled SAC functions are reused across test runs.
-    from rl_agent.session import enable_compilation_cache
+    from rl_agent.jobs.session import enable_compilation_cache
     enable_compilation_cache()
 
 

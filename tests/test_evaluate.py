@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from policy.evaluate import EvalConfig, evaluate
-from rl_agent.main_job import default_model_dir
+from rl_agent.jobs.main_job import default_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

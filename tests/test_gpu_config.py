@@ -95,7 +95,7 @@ def test_checkpoint_device_for_the_server(tmp_path, monkeypatch):
 
 
 def test_rl_session_reads_the_session_section():
-    from rl_agent.session_cli import build_parser, config_from_args
+    from rl_agent.jobs.session_cli import build_parser, config_from_args
     args = build_parser().parse_args(["--checkpoint", "runs/stage0/final", "--out", "runs/rl", "--config",
                                       str(CONFIG)])
     cfg = config_from_args(args)

@@ -1,4 +1,4 @@
-"""Stage-1 RL session (rl_agent/session.py, `irevla rl-session`) with real parts: the MuJoCo twin, a tiny random
+"""Stage-1 RL session (rl_agent/jobs/session.py, `irevla rl-session`) with real parts: the MuJoCo twin, a tiny random
 VLA encoding every frame, the JAX SAC agent, the replay buffers, the MCAP recorder.
 
 - SAC learns the reach task from latents + state well above the stage-0 (random head) success.
@@ -37,7 +37,7 @@ def _tb_scalars(tb_dir: Path) -> set:
 
 
 def test_sac_learns_reach_from_latents_and_the_session_writes_its_outputs(tiny_ckpt, tmp_path):
-    from rl_agent.session import Session, SessionConfig
+    from rl_agent.jobs.session import Session, SessionConfig
     from teleop.dataset import read_episode, validate_dataset
 
     cfg = SessionConfig.from_dict(reach_session(max_episodes=20, eval={"episodes": 6},
@@ -87,7 +87,7 @@ def test_sac_learns_reach_from_latents_and_the_session_writes_its_outputs(tiny_c
 def test_relabel_keeps_the_states_and_human_actions_and_takes_the_policy_mean_elsewhere():
     from rl_agent.env import EpisodeTrace
     from rl_agent.harvest import relabel_with_policy_mean
-    from rl_agent.session import HarvestConfig
+    from rl_agent.jobs.session import HarvestConfig
 
     rng = np.random.default_rng(0)
     T = 6
@@ -139,7 +139,7 @@ class FakeHand:
 
 
 def test_interventions_replace_the_policy_and_go_into_both_buffers(tiny_ckpt, tmp_path):
-    from rl_agent.session import Session, SessionConfig
+    from rl_agent.jobs.session import Session, SessionConfig
     from teleop.devices import SpaceMouseDevice
 
     hand = FakeHand()
@@ -213,7 +213,7 @@ def test_session_resumes_after_sigkill_losing_at_most_1000_transitions(tiny_ckpt
     data = reach_session(max_episodes=9, eval={"episodes": 1}, demos={"count": 2},
                          checkpoint={"every_transitions": 20})
     cfg_file.write_text(yaml.safe_dump({"session": data}))
-    cmd = [sys.executable, "-m", "rl_agent.session_cli", "--checkpoint", str(tiny_ckpt), "--out", str(out),
+    cmd = [sys.executable, "-m", "rl_agent.jobs.session_cli", "--checkpoint", str(tiny_ckpt), "--out", str(out),
            "--config", str(cfg_file), "--no-progress"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     log1 = open(tmp_path / "run1.log", "w")

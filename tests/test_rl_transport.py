@@ -136,7 +136,7 @@ def test_liveness_reports_silence_once_and_the_end_of_it():
 def test_actor_core_keeps_acting_with_last_params_and_says_so():
     from rl_agent.actor_node import ActorCore
     from rl_agent.agent import SACAgent
-    from rl_agent.learner_node import actor_params_of
+    from rl_agent.agent_setup import actor_params_of
 
     cfg = small_sac_config()
     agent = SACAgent.create(0, LATENT_SHAPE, config=cfg)
@@ -166,7 +166,7 @@ def test_actor_core_keeps_acting_with_last_params_and_says_so():
 def test_learner_core_rejects_nan_chunks_with_a_clear_message_and_trains(tmp_path):
     from rl_agent.agent import SACAgent
     from rl_agent.buffers import LatentReplayBuffer
-    from rl_agent.learner_node import LearnerConfig, LearnerCore
+    from rl_agent.learner_core import LearnerConfig, LearnerCore
 
     cfg = small_sac_config()
     logs = []

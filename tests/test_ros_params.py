@@ -108,7 +108,7 @@ def test_every_node_parameter_is_documented():
     from pathlib import Path
 
     from policy.server_node import PolicyServerParams
-    from rl_agent.actor_node import ActorParams
+    from rl_agent.actor_core import ActorParams
     from rl_agent.learner_node import LearnerParams
     from robot_server.camera_node import CameraParams
     from robot_server.robot_node import RobotParams

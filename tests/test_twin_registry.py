@@ -127,7 +127,7 @@ def test_seed_blocks_are_disjoint_and_refuse_overlap():
         seeds.seed("session_demos", seeds.BLOCKS["session_demos"][1])
     with pytest.raises(seeds.SeedRangeError):
         seeds.seed("evaluation", -1)
-    from rl_agent.session import session_seed
+    from rl_agent.jobs.session import session_seed
     kinds = {seeds.kind_of(session_seed(s, base, k)) for s in (0, 7) for base in (0, 3000, 6000) for k in (0, 2999)}
     assert kinds == {"session_demos"}
     used = {session_seed(0, base, k) for base in (0, 3000, 6000) for k in range(3000)}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from rl_agent.iterate import IterateConfig, check_inputs, load_run_config, run_iterate
+from rl_agent.jobs.iterate import IterateConfig, check_inputs, load_run_config, run_iterate
 
 
 @dataclass
@@ -39,7 +39,8 @@ class MainJobConfig:
 
 
 def default_model_dir() -> Path:
-    d = Path(__file__).resolve().parent.parent / "policy" / "default_model"
+    import policy
+    d = Path(policy.__file__).resolve().parent / "default_model"
     if not (d / "vla_config.yaml").is_file():
         raise FileNotFoundError(f"the embedded default model is missing at {d} (see scripts/train_default_model.sh)")
     return d

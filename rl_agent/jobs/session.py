@@ -24,7 +24,7 @@ buffers. Progress: a tqdm line, out/progress.json, TensorBoard scalars in out/tb
 
 Modules: rl_agent/session_config.py (SessionConfig and its sections), rl_agent/episodes.py (EpisodeRunner, policies,
 demo collection), rl_agent/checkpoints.py (CheckpointStore, learner files), rl_agent/agent_setup.py (SAC config and
-compilation cache), rl_agent/session_outputs.py (progress, TensorBoard, plot, summary). This module is the job.
+compilation cache), rl_agent/jobs/session_outputs.py (progress, TensorBoard, plot, summary). This module is the job.
 """
 from __future__ import annotations
 
@@ -37,18 +37,19 @@ from typing import Callable, Optional
 
 import numpy as np
 
-# The library parts, re-exported: callers of rl_agent.session (iterate, main_job, session_cli, tests, benchmarks).
+# The library parts, re-exported: callers of rl_agent.jobs.session (iterate, main_job, session_cli, tests, benchmarks).
 from rl_agent.agent_setup import enable_compilation_cache, sac_config_for  # noqa: F401
-from rl_agent.checkpoints import (CheckpointStore, atomic_write_text as _atomic_write_text,  # noqa: F401
-                                  read_learner_files, write_learner_files)
+from rl_agent.checkpoints import CheckpointStore, atomic_write_text as _atomic_write_text  # noqa: F401
 from rl_agent.episodes import (DEMO_SEED_BASE, EVAL_SEED_BASE, EXPERT_SEED_BASE, EpisodeResult,  # noqa: F401
                                EpisodeRunner, agent_policy, collect_demos, session_seed, vla_policy)
 from rl_agent.harvest import Harvester
 from rl_agent.interventions import make_interventions
+from rl_agent.learner_core import LearnerConfig, LearnerCore
+from rl_agent.transport import KIND_DEMOS, KIND_TRANSITIONS
 from rl_agent.rewards import make_reward_source
 from rl_agent.session_config import (DEMO_SOURCES, CheckpointConfig, DemoConfig, EnvConfig, EvalConfig,  # noqa: F401
                                      HarvestConfig, LogConfig, PathLike, SessionConfig, TrainConfig)
-from rl_agent.session_outputs import SessionOutputs, _fmt_s  # noqa: F401
+from rl_agent.jobs.session_outputs import SessionOutputs, _fmt_s  # noqa: F401
 from sim_twin import seeds
 
 
@@ -64,7 +65,20 @@ class Session(SessionOutputs):
         self._iv_device = intervention_device
         self._classifier = classifier
         self._log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-        self.agent = None
+        self.learner: Optional[LearnerCore] = None
+
+    # The learning state lives in the learner core (the same one the ROS learner node runs).
+    @property
+    def agent(self):
+        return self.learner.agent if self.learner is not None else None
+
+    @property
+    def online(self):
+        return self.learner.online
+
+    @property
+    def demo(self):
+        return self.learner.demo
 
     def log(self, msg: str) -> None:
         if getattr(self, "_bar", None) is not None:
@@ -96,12 +110,17 @@ class Session(SessionOutputs):
                              render_detail=cfg.env.render_detail, max_episode_steps=cfg.env.max_episode_steps)
         self.sac_config = sac_config_for(vla, cfg.sac)
         self.initial_head = head_to_flax(vla.head)
-        self.agent = SACAgent.create(cfg.seed, self.encoder.latent_shape, config=self.sac_config,
-                                     actor_head=self.initial_head)
-        shape = self.agent.stored_latent_shape
+        agent = SACAgent.create(cfg.seed, self.encoder.latent_shape, config=self.sac_config,
+                                actor_head=self.initial_head)
+        shape = agent.stored_latent_shape
         budget = None if cfg.train.memory_budget_gb is None else int(cfg.train.memory_budget_gb * 2**30)
-        self.online = LatentReplayBuffer(cfg.train.online_capacity, shape, memory_budget_bytes=budget)
-        self.demo = LatentReplayBuffer(cfg.train.demo_capacity, shape, memory_budget_bytes=budget)
+        t = cfg.train
+        self.learner = LearnerCore(
+            agent, lambda cap: LatentReplayBuffer(cap, shape, memory_budget_bytes=budget),
+            LearnerConfig(learning_starts=t.learning_starts, max_updates_per_transition=t.updates_per_step,
+                          online_capacity=t.online_capacity, demo_capacity=t.demo_capacity,
+                          checkpoint_keep=cfg.checkpoint.keep, seed=cfg.seed),
+            out_dir=self.out, log=self.log)
         self.reward = make_reward_source(cfg.reward, classifier=self._classifier)
         self.iv = make_interventions(cfg.interventions, device=self._iv_device)
         if self.iv is not None:
@@ -111,13 +130,12 @@ class Session(SessionOutputs):
         if cfg.harvest.enabled:
             self.harvester = Harvester(self.out / "harvest", self.encoder.cameras, self.env.image_size,
                                        cfg.harvest.sources)
-        self.store = CheckpointStore(self.out / "checkpoints", cfg.checkpoint.keep)
-        self.rng = np.random.default_rng(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)  # exploration; the learner core samples batches with its own
         self.state = {"phase": "demos", "episodes": 0, "env_steps": 0, "updates": 0, "train_s": 0.0,
                       "demo_s": 0.0, "eval_s": 0.0, "successes": [], "returns": [], "lengths": [],
                       "interventions": [], "intervened_steps": [], "demo_stats": {}, "eval": {}, "resumes": 0,
                       "lost_transitions": [],
-                      "update_s": 0.0, "env_s": 0.0, "encode_s": 0.0, "update_credit": 0.0,
+                      "update_s": 0.0, "env_s": 0.0, "encode_s": 0.0,
                       "config": self.cfg.to_dict(), "checkpoint": str(self.checkpoint)}
         self.setup_s = time.perf_counter() - t0
         self._bar = None
@@ -130,16 +148,18 @@ class Session(SessionOutputs):
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self) -> Path:
         self.state["rng"] = self.rng.bit_generator.state
-        path = self.store.save(lambda d: write_learner_files(d, self.agent, self.online, self.demo), self.state)
+        self.state["updates"] = self.learner.updates
+        path = self.learner.save_checkpoint(self.state)
         self._last_ckpt = (time.monotonic(), self.state["env_steps"])
         return path
 
     def _restore(self) -> bool:
-        path = self.store.latest()
-        if path is None:
+        state = self.learner.restore()
+        if state is None:
             return False
-        state = json.loads((path / "state.json").read_text())
-        self.agent, self.online, self.demo = read_learner_files(path, self.agent)
+        path = Path(state.pop("path"))
+        for key in ("inbox", "received", "rejected", "params_version", "update_credit", "sample_rng"):
+            state.pop(key, None)  # the learner core's own (restored above)
         prev = self._read_progress()
         reached = int(prev.get("env_steps", state["env_steps"])) if prev else state["env_steps"]
         lost = max(0, reached - int(state["env_steps"]))
@@ -188,11 +208,11 @@ class Session(SessionOutputs):
         bar = self._make_bar(cfg.count, "demos", "ep")
 
         def on_demo(res, source, key):
-            self.demo.insert_episode(res.observations, res.actions, res.rewards, res.dones)
+            self.learner.add_episode(KIND_DEMOS, res.observations, res.actions, res.rewards, res.dones)
             self._harvest(res.trace, source, key)
 
         def on_failed(res):
-            self.online.insert_episode(res.observations, res.actions, res.rewards, res.dones)
+            self.learner.add_episode(KIND_TRANSITIONS, res.observations, res.actions, res.rewards, res.dones)
 
         try:
             stats = collect_demos(self.runner, self.encoder, cfg, self.cfg.seed, on_demo, on_failed, bar)
@@ -225,9 +245,7 @@ class Session(SessionOutputs):
         return max(options, key=lambda o: o[0] / max(o[1], 1e-9))
 
     def _phase_train(self) -> None:
-        from rl_agent.buffers import sample_mixed
         c, st = self.cfg, self.state
-        batch_size = self.sac_config.update_batch_size
         done, total, unit = self._budget()
         bar = self._make_bar(total, "RL", unit, initial=done)
         last20 = deque(st["successes"][-20:], maxlen=20)
@@ -240,21 +258,12 @@ class Session(SessionOutputs):
             st["env_steps"] += 1
             if st["env_steps"] % 25 == 0:  # what a resumed run compares its checkpoint with (lost transitions)
                 self._write_progress()
-            if took:  # HIL-SERL: the human's transitions also go into the demo buffer
-                self.demo.insert_episode([obs, next_obs], np.asarray(a)[None], np.array([verdict.reward], np.float32),
-                                         np.array([verdict.success]))
-            self.online.add(a, verdict.reward, next_obs, verdict.success)
-            if len(self.online) < c.train.learning_starts:
-                return
-            st["update_credit"] += c.train.updates_per_step
+            self.learner.add_step(obs, a, verdict.reward, next_obs, verdict.success, intervened=took)
             t_u = time.perf_counter()
-            while st["update_credit"] >= 1.0:
-                batch = sample_mixed(self.demo, self.online, batch_size, self.rng)
-                self.agent, info = self.agent.update(batch)
-                st["updates"] += 1
-                st["update_credit"] -= 1.0
+            for info in self.learner.train_owed():  # act, store, update: SERL's update-to-data ratio
                 for k, v in info.items():
                     ep_info.setdefault(k, []).append(v)
+            st["updates"] = self.learner.updates
             st["update_s"] += time.perf_counter() - t_u
 
         try:
@@ -268,7 +277,7 @@ class Session(SessionOutputs):
                 ep_info.clear()
                 res = self.runner.run(seeds.seed("online_rl", c.seed * 1_000_000 + ep),
                                       agent_policy(lambda: self.agent, False, self.rng),
-                                      on_reset=self.online.start_episode, on_step=on_step, allow_interventions=True)
+                                      on_reset=self.learner.start_episode, on_step=on_step, allow_interventions=True)
                 acts, rews, trace = res.actions, res.rewards, res.trace
                 st["env_s"] += self.env.env_seconds - env_s0
                 st["encode_s"] += self.encoder.seconds - enc_s0

@@ -18,44 +18,45 @@ from pathlib import Path
 from typing import Callable
 
 from rl_agent.checkpoints import atomic_write_text
+from rl_agent.session_config import SessionConfig
 
 
-def graph_command(ckpt: str, task: str, instruction: str, out: Path, minutes: float, demos: int,
-                  learning_starts: int, max_episode_steps: int, rl_config: str = "",
-                  demo_source: str = "vla", demo_attempts: int = 0, seed: int = 0, utd: float = 0.0,
-                  max_episodes: int = 0) -> list[str]:
-    return [sys.executable, "-m", "robot_server.launch_graph", "rl_session", f"checkpoint:={ckpt}", f"task:={task}",
-            f"instruction:={instruction}", "reward:=twin", "auto_reset:=true", "console:=off", f"demos:={demos}",
-            f"demo_source:={demo_source}", f"demo_attempts:={demo_attempts}", f"seed:={seed}", f"utd:={float(utd)}",
-            f"max_episodes:={max_episodes}",
-            f"minutes:={minutes}", f"learning_starts:={learning_starts}", f"max_episode_steps:={max_episode_steps}",
-            f"rl_config:={rl_config}", f"learner_out:={out / 'learner'}", f"actor_out:={out / 'actor'}"]
+def graph_command(ckpt: str, cfg: SessionConfig, instruction: str, out: Path, rl_config: str = "") -> list[str]:
+    """The rl_session graph's command line for a session config (the settings both paths share)."""
+    settings = {"checkpoint": ckpt, "task": cfg.task, "instruction": instruction, "reward": "twin",
+                "auto_reset": "true", "console": "off", "seed": cfg.seed,
+                "minutes": cfg.minutes if cfg.minutes is not None else 5.0, "max_episodes": cfg.max_episodes or 0,
+                "demos": cfg.demos.count, "demo_source": cfg.demos.source,
+                "demo_attempts": cfg.demos.max_attempts or 0,
+                "learning_starts": cfg.train.learning_starts, "utd": float(cfg.train.updates_per_step),
+                "max_episode_steps": cfg.env.max_episode_steps or 100, "rl_config": rl_config,
+                "learner_out": out / "learner", "actor_out": out / "actor"}
+    return [sys.executable, "-m", "robot_server.launch_graph", "rl_session",
+            *(f"{k}:={v}" for k, v in settings.items())]
 
 
-def run_ros_session(ckpt: str, task: str, out: Path, minutes: float, demos: int = 0, learning_starts: int = 100,
-                    max_episode_steps: int = 100, sac: dict | None = None, log: Callable[[str], None] = print,
-                    timeout_s: float | None = None, demo_source: str = "vla", demo_attempts: int = 0,
-                    seed: int = 0, utd: float = 0.0, max_episodes: int = 0) -> dict:
-    """Run (or resume) one stage-1 session over ROS 2 on the twin; returns summary.json's content. `sac`: the
-    SAC settings of the in-process session (its `sac:` section), handed to both nodes so that the two paths learn
-    with the same agent; `demo_source` as the in-process session's (the scripted expert runs from the scene topic);
-    `utd` caps the learner's updates per transition (the in-process session's train.updates_per_step)."""
+def run_ros_session(ckpt: str, cfg: SessionConfig, out: Path, log: Callable[[str], None] = print,
+                    timeout_s: float | None = None) -> dict:
+    """Run (or resume) one stage-1 session over ROS 2 on the twin with the in-process session's config; returns
+    summary.json's content. Its `sac:` section goes to both nodes (the two paths learn with the same agent),
+    `demos` as in-process (the scripted expert runs from the scene topic), `train.updates_per_step` caps the
+    learner's updates per transition, `minutes` / `max_episodes` bound the RL episodes."""
     from sim_twin.tasks.registry import TaskRegistry
     out = Path(out)
     done = out / "summary.json"
     if done.is_file():
         log(f"{out}: this ROS session is complete (summary.json); nothing to do")
         return json.loads(done.read_text())
+    task, minutes = cfg.task, cfg.minutes if cfg.minutes is not None else 5.0
     spec = TaskRegistry.load().get(task)  # the twin's own tasks: the graph's cell is sim_bringup
     instruction = spec.phrasings(TaskRegistry.load())[0]
     out.mkdir(parents=True, exist_ok=True)
     rl_config = ""
-    if sac:
+    if cfg.sac:
         import yaml
         rl_config = str(out / "rl_config.yaml")
-        atomic_write_text(Path(rl_config), yaml.safe_dump({"session": {"sac": dict(sac)}}))
-    cmd = graph_command(ckpt, task, instruction, out, minutes, demos, learning_starts, max_episode_steps, rl_config,
-                        demo_source, demo_attempts, seed, utd, max_episodes)
+        atomic_write_text(Path(rl_config), yaml.safe_dump({"session": {"sac": dict(cfg.sac)}}))
+    cmd = graph_command(ckpt, cfg, instruction, out, rl_config)
     log(f"stage 1 over ROS 2: {' '.join(cmd[2:4])} ... ({minutes:g} min; log {out / 'graph.log'})")
     env = {k: v for k, v in os.environ.items() if k != "IREVLA_JOINED"}
     with open(out / "graph.log", "a") as f:

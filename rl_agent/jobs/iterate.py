@@ -2,7 +2,7 @@
 
     stage 0   supervised on the expert set (skipped when an SFT checkpoint is given)
     for each task of the curriculum:
-      stage 1 online RL with the VLM frozen (rl_agent.session: SACfD on cached latents)
+      stage 1 online RL with the VLM frozen (rl_agent.jobs.session: SACfD on cached latents)
       harvest the successful trajectories (expert-set format)
       stage 2 supervised on expert data + everything harvested so far (LoRA + head trainable)
       evaluate (expert / RL / unseen categories)
@@ -55,7 +55,7 @@ class IterateConfig:
     stage2_rl_weight: float = 0.5
     curriculum: list[str] = field(default_factory=lambda: ["pick_eggplant"])
     session_config: Optional[str] = "config/rl_session.yaml"
-    session: dict[str, Any] = field(default_factory=dict)  # rl_agent.session.SessionConfig overrides
+    session: dict[str, Any] = field(default_factory=dict)  # rl_agent.jobs.session.SessionConfig overrides
     ppo: dict[str, Any] = field(default_factory=dict)  # rl_agent.ppo.PPOConfig overrides (ppo_replay)
     replay_steps: int = 300  # ppo_replay: supervised expert replay after each task
     # Skip stage 2 for a task whose RL session harvested nothing: it would only re-fit the (possibly small) expert
@@ -186,7 +186,7 @@ def stage0(cfg: IterateConfig, run_dir: Path, expert: Path, state: RunState) -> 
 
 
 def stage1(cfg: IterateConfig, run_dir: Path, ckpt: str, task: str) -> dict:
-    from rl_agent.session import SessionConfig, run_session
+    from rl_agent.jobs.session import SessionConfig, run_session
     base = {}
     if cfg.session_config:
         import yaml
@@ -199,12 +199,8 @@ def stage1(cfg: IterateConfig, run_dir: Path, ckpt: str, task: str) -> dict:
     out = run_dir / "tasks" / task / "rl"
     _say(f"stage 1: RL on {task} from {ckpt} (VLM frozen) -> {out}{' over ROS 2' if cfg.stage1 == 'ros' else ''}")
     if cfg.stage1 == "ros":
-        from rl_agent.ros_stage1 import run_ros_session
-        return run_ros_session(ckpt, task, out, scfg.minutes or 5.0, scfg.demos.count, scfg.train.learning_starts,
-                               scfg.env.max_episode_steps or 100, sac=base.get("sac"), log=_say,
-                               demo_source=scfg.demos.source, demo_attempts=scfg.demos.max_attempts,
-                               seed=scfg.seed, utd=scfg.train.updates_per_step,
-                               max_episodes=scfg.max_episodes or 0)
+        from rl_agent.jobs.ros_stage1 import run_ros_session
+        return run_ros_session(ckpt, scfg, out, log=_say)
     return run_session(scfg, ckpt, out)
 
 
@@ -230,8 +226,8 @@ def checkpoint_identity(ckpt: str) -> str:
 
 
 def evaluation_key(ckpt: str, ev: EvalConfig) -> dict:
-    """What an evaluation's numbers depend on: the checkpoint's content, the tasks (with their instructions, from the
-    registry and task files), the seeds, the render size and the step limit."""
+    """What an evaluation's numbers depend on: the checkpoint's content, the tasks (their whole definitions from the
+    registry and task files: variations, objects, instructions), the seeds, the render size and the step limit."""
     from sim_twin.tasks.registry import TaskRegistry
     reg = TaskRegistry.load(extra_files=ev.task_files)
     tasks = [t for t, _ in select_tasks(ev)]
@@ -239,6 +235,7 @@ def evaluation_key(ckpt: str, ev: EvalConfig) -> dict:
     return {"checkpoint": checkpoint_identity(ckpt), "tasks": tasks, "seeds": list(ev.seeds),
             "instructions": hashlib.blake2b(json.dumps(instructions, sort_keys=True).encode(),
                                             digest_size=8).hexdigest(),
+            "task_definitions": reg.fingerprint(tasks),
             "image_size": ev.image_size, "max_steps": ev.max_steps, "render_detail": ev.render_detail}
 
 

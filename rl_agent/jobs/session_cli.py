@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args) -> "SessionConfig":
     import yaml
 
-    from rl_agent.session import SessionConfig
+    from rl_agent.jobs.session import SessionConfig
     data = {}
     if args.config:
         with open(args.config, encoding="utf-8") as f:
@@ -89,7 +89,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except RegistryError as exc:
         print(f"irevla rl-session: {exc}", file=sys.stderr)
         return 2
-    from rl_agent.session import Session
+    from rl_agent.jobs.session import Session
     try:
         summary = Session(cfg, args.checkpoint, args.out).run()
     except KeyboardInterrupt:

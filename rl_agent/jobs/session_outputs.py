@@ -1,4 +1,4 @@
-"""What the stage-1 session job (rl_agent/session.py) writes besides its checkpoints: the tqdm line and
+"""What the stage-1 session job (rl_agent/jobs/session.py) writes besides its checkpoints: the tqdm line and
 out/progress.json, TensorBoard scalars (out/tb), the harvest of successful episodes, the success-rate plot and
 summary.json's content. A mixin of Session (it reads the session's attributes); part of the job, not a library.
 """
@@ -24,7 +24,7 @@ def _fmt_s(s: float) -> str:
 
 
 class SessionOutputs:
-    """Progress, TensorBoard, plot, harvest and summary of rl_agent.session.Session."""
+    """Progress, TensorBoard, plot, harvest and summary of rl_agent.jobs.session.Session."""
 
     def _read_progress(self) -> dict:
         try:
