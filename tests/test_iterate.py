@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rl_agent.iterate import IterateConfig, run_iterate
-from rl_agent.main_job import default_model_dir
+from rl_agent.jobs.iterate import IterateConfig, run_iterate
+from rl_agent.jobs.main_job import default_model_dir
 from teleop.config import from_dict
 
 
@@ -86,7 +86,7 @@ def test_ppo_baseline_updates_the_whole_vla(tmp_path):
 def test_shipped_main_job_config_names_real_tasks_in_the_right_categories():
     """config/main_job.yaml (the README's first command) loads as typed config; its RL curriculum is RL-category
     tasks the twin knows, its evaluation covers every category and its RL task, and its language command task exists."""
-    from rl_agent.main_job import MainJobConfig
+    from rl_agent.jobs.main_job import MainJobConfig
     from sim_twin.tasks.registry import TaskRegistry
     from teleop.config import load_yaml
     cfg = load_yaml(MainJobConfig, Path(__file__).resolve().parents[1] / "config" / "main_job.yaml")
@@ -105,7 +105,7 @@ def test_evaluation_cache_key_follows_checkpoint_content_tasks_seeds_and_words(t
 
     import yaml
     from policy.evaluate import EvalConfig
-    from rl_agent.iterate import evaluation_key
+    from rl_agent.jobs.iterate import evaluation_key
     src = default_model_dir()
     copy = tmp_path / "copy"
     shutil.copytree(src, copy)
@@ -119,6 +119,16 @@ def test_evaluation_cache_key_follows_checkpoint_content_tasks_seeds_and_words(t
         "skill": "button_press", "category": "expert", "instructions": ["push the button down"]}}}))
     other_words = evaluation_key(str(src), EvalConfig(tasks=["press_button"], seeds=[0, 1], task_files=[str(words)]))
     assert other_words["instructions"] != key["instructions"] and other_words["checkpoint"] == key["checkpoint"]
+    # the same name and words, another scene (a task file moving or recolouring it): never the old numbers
+    from sim_twin.tasks.registry import TaskRegistry
+    spec = TaskRegistry.load().get("press_button")
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(yaml.safe_dump({"tasks": {"press_button": {
+        "skill": spec.skill, "category": spec.category, "instructions": list(spec.instructions),
+        "params": {**spec.params, "moved_for_the_test": 1}}}}))
+    other_scene = evaluation_key(str(src), EvalConfig(tasks=["press_button"], seeds=[0, 1], task_files=[str(moved)]))
+    assert other_scene["instructions"] == key["instructions"]
+    assert other_scene["task_definitions"] != key["task_definitions"]
     meta = json.loads((copy / "meta.json").read_text())
     meta["head_id"] = "0" * 16  # another head (e.g. after stage 1's hand-back)
     (copy / "meta.json").write_text(json.dumps(meta))

@@ -5,8 +5,10 @@ without touching code: `TaskRegistry.load(extra_files=[...])`; later files overr
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 import yaml
@@ -107,6 +109,17 @@ class TaskRegistry:
             return self.tasks[name]
         except KeyError:
             raise RegistryError(f"unknown task {name!r}; known tasks: {', '.join(sorted(self.tasks))}") from None
+
+    def fingerprint(self, names: Iterable[str]) -> str:
+        """A short hash of everything that defines these tasks: the task entries (skill, variation params, step
+        limit, phrasings) and their objects' shapes, sizes and colours. Equal fingerprints, same episodes."""
+        doc = {}
+        for name in sorted(names):
+            spec = self.get(name)
+            objects = {o: asdict(self.objects[o]) for o in (*spec.objects, *spec.distractors) if o in self.objects}
+            doc[name] = {"task": asdict(spec), "objects": objects}
+        text = json.dumps(doc, sort_keys=True, default=str)
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def _parse_object(path: str, name: str, o: Any) -> ObjectSpec:
