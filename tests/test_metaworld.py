@@ -115,7 +115,7 @@ def test_the_paper_split_is_in_the_registry():
 def test_shortened_table_one_pipeline(tmp_path):
     """Two expert tasks x 2 scripted episodes, stage 0 of the tiny VLA, RL + stage 2 on one "-new" task, evaluation
     on the three tasks, then the Table I writer over the run: every part of the MetaWorld pipeline, seconds each."""
-    from rl_agent.iterate import IterateConfig, run_iterate
+    from rl_agent.jobs.iterate import IterateConfig, run_iterate
     from teleop.config import from_dict
     from teleop.dataset import validate_dataset
     cfg = from_dict(IterateConfig, {
@@ -164,7 +164,7 @@ def test_shortened_table_one_pipeline(tmp_path):
     assert "| iRe-VLA (paper) | 0.83 | 1.00 |" in text and "episodes" in text
 
     # An interrupted or smaller scripted set is topped up (collection resumes), never used short.
-    from rl_agent.iterate import ensure_expert_set
+    from rl_agent.jobs.iterate import ensure_expert_set
     cfg.expert.episodes_per_task = 3
     ensure_expert_set(cfg.expert, run, log=print)
     rep = validate_dataset(expert)
