@@ -63,3 +63,34 @@ def _enable_compilation_cache() -> None:
 
 
 _enable_compilation_cache()
+
+
+class NodeProcess:
+    """`python -m <module> <args>` with its output in a log file (a node of the RL graph, started by a test).
+    `kill(sig)` signals it and waits; it never outlives the test (SIGKILL after 15 s)."""
+
+    def __init__(self, args, log):
+        import os
+        import subprocess
+        import sys
+        self.log_path = Path(log)
+        self._f = open(self.log_path, "w")
+        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
+        self.p = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env, stdout=self._f,
+                                  stderr=subprocess.STDOUT)
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self, sig=None, timeout: float = 15.0) -> None:
+        import signal
+        import subprocess
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGKILL if sig is None else sig)
+            try:
+                self.p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(timeout=15)
+        if not self._f.closed:
+            self._f.close()

@@ -11,17 +11,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
 from rl_agent import transport as tp
-from rl_helpers import LATENT_SHAPE, REACH_TASKS, REPO, SMALL_SAC, shared_tiny_checkpoint, small_sac_config
+from rl_helpers import LATENT_SHAPE, REACH_TASKS, SMALL_SAC, shared_tiny_checkpoint, small_sac_config
+from rl_helpers import NodeProcess as Proc
 
 SHAPE = (6, 16)
 
@@ -199,29 +197,6 @@ def test_learner_core_rejects_nan_chunks_with_a_clear_message_and_trains(tmp_pat
 
 
 # ---------------------------------------------------------------------------------------------- over DDS
-class Proc:
-    def __init__(self, args, log: Path):
-        self.log_path = log
-        self._f = open(log, "w")
-        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
-        self.p = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env, stdout=self._f,
-                                  stderr=subprocess.STDOUT)
-
-    def text(self) -> str:
-        return self.log_path.read_text()
-
-    def kill(self, sig=signal.SIGKILL):
-        if self.p.poll() is None:
-            os.kill(self.p.pid, sig)
-            try:
-                self.p.wait(timeout=15)
-            except subprocess.TimeoutExpired:  # never leave a node running after the test
-                self.p.kill()
-                self.p.wait(timeout=15)
-        if not self._f.closed:
-            self._f.close()
-
-
 @pytest.mark.ros
 def test_actor_survives_learner_death_and_params_flow_again(ros_context, spin_thread, tmp_path, tmp_path_factory):
     import rclpy
