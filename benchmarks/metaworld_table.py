@@ -27,9 +27,30 @@ PAPER = {"SFT": [0.83, 0.56, 0.48, 0.40, 0.32, 0.28, 0.51],
          "iRe-VLA": [0.83, 1.00, 0.84, 0.84, 0.80, 0.96, 0.80]}
 
 
+def _current(key: dict) -> bool:
+    """Was this evaluation run on the tasks as the task files define them now? (An evaluation of an earlier
+    variation of a "-new" task must not fill today's column.)"""
+    from sim_twin.tasks.registry import TaskRegistry
+    if not isinstance(key, dict) or "task_definitions" not in key:
+        return False
+    try:
+        return TaskRegistry.load(extra_files=["metaworld"]).fingerprint(key["tasks"]) == key["task_definitions"]
+    except Exception:  # a task that no longer exists
+        return False
+
+
 def _evals(run: Path) -> list[str]:
     state = json.loads((run / "state.json").read_text()) if (run / "state.json").is_file() else {}
-    return [k[len("eval:"):] for k in state if k.startswith("eval:") and (run / "eval" / k[5:] / "episodes.json").is_file()]
+    labels = []
+    for k, v in state.items():
+        if not k.startswith("eval:") or not (run / "eval" / k[5:] / "episodes.json").is_file():
+            continue
+        if _current(v.get("key") if isinstance(v, dict) else None):
+            labels.append(k[len("eval:"):])
+        else:
+            print(f"{run}: eval/{k[5:]} was run on other task definitions (or records none): left out",
+                  file=sys.stderr)
+    return labels
 
 
 def _episodes(run: Path, label: str) -> list[dict]:
@@ -82,7 +103,11 @@ def main(argv=None) -> int:
         lines.append(f"| {name} (ours) | " + " | ".join(cells) + " |")
     lines += ["", "Sources:"] + [f"- {name}: {src}" for name, (_, src) in ours.items()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    kept = ""
+    if args.out.is_file():  # the notes written under the table (from its first "## " heading on) stay
+        old = args.out.read_text()
+        kept = old[old.index("\n## "):] if "\n## " in old else ""
+    args.out.write_text("\n".join(lines) + "\n" + kept)
     print("\n".join(lines))
     return 0
 

@@ -162,6 +162,18 @@ def test_shortened_table_one_pipeline(tmp_path):
     assert table(["--irevla", str(run), "--out", str(out)]) == 0
     text = out.read_text()
     assert "| iRe-VLA (paper) | 0.83 | 1.00 |" in text and "episodes" in text
+    ours = next(line for line in text.splitlines() if line.startswith("| iRe-VLA (ours)"))
+    assert "(2)" in ours  # filled from the run
+    # Notes under the table survive a rewrite; an evaluation of other task definitions (a "-new" task since
+    # moved) is left out of the table, never shown as today's column.
+    out.write_text(text + "\n## Notes\nkeep me\n")
+    key = f"eval:{reports[-1].label}"
+    state[key]["key"]["task_definitions"] = "0" * 16
+    (run / "state.json").write_text(json.dumps(state))
+    assert table(["--irevla", str(run), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "keep me" in text
+    assert next(line for line in text.splitlines() if line.startswith("| iRe-VLA (ours)")).count("not run") == 7
 
     # An interrupted or smaller scripted set is topped up (collection resumes), never used short.
     from rl_agent.jobs.iterate import ensure_expert_set

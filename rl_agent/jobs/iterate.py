@@ -358,7 +358,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--checkpoint", help="skip stage 0: start from this VLA checkpoint")
     p.add_argument("--tasks", nargs="+", help="curriculum (RL-category tasks)")
     p.add_argument("--rl-minutes", type=float, help="RL session budget per task")
-    p.add_argument("--stage1", choices=("inprocess", "ros"), help="stage 1 in-process, or over the ROS 2 rl_session graph")
+    p.add_argument("--stage1", choices=("inprocess", "ros"),
+                   help="stage 1 in-process, or over the ROS 2 rl_session graph")
+    p.add_argument("--skip-stage0-eval", action="store_true",
+                   help="do not evaluate the starting model (another run of the same checkpoint and seeds has it)")
     p.add_argument("--seeds", help="evaluation seeds ('0-19' or a count)")
     from robot_server.usage import add_hidden_alias
     add_hidden_alias(p, "--run-dir", "--out", dest="out")  # the spellings before all commands shared --out
@@ -378,6 +381,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.stage1:
         cfg.stage1 = args.stage1
         cfg.__post_init__()
+    if args.skip_stage0_eval:
+        cfg.evaluate_stage0 = False
     if args.seeds:
         from policy.evaluate import parse_seeds
         cfg.evaluation.seeds = parse_seeds(args.seeds)
