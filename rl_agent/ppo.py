@@ -31,7 +31,9 @@ from sim_twin import seeds
 class PPOConfig:
     iterations: int = 10
     episodes_per_iteration: int = 6
-    minutes: Optional[float] = None  # wall-clock budget; stops after the iteration that crosses it
+    # wall-clock budget: when set, it alone bounds the run (iterations is ignored), so that PPO gets the same
+    # minutes as the SAC session it is compared with; it stops after the iteration that crosses it
+    minutes: Optional[float] = None
     max_steps: Optional[int] = None  # per episode (default: the task's)
     gamma: float = 0.99
     gae_lambda: float = 0.95
@@ -122,7 +124,10 @@ def run_ppo(checkpoint: str, task: str, cfg: PPOConfig, out_dir: Path, progress:
     cameras = list(vla.cfg.cameras)
     env = make_env(task, tuple(cameras), cfg.image_size or vla.image_size, task_files=tuple(cfg.task_files))
     log, t0 = [], time.perf_counter()
-    bar = tqdm(range(cfg.iterations), desc=f"PPO {task}", unit="it", disable=not progress, file=sys.stdout)
+    import itertools
+    its = itertools.count() if cfg.minutes is not None else range(cfg.iterations)
+    bar = tqdm(its, total=None if cfg.minutes is not None else cfg.iterations, desc=f"PPO {task}", unit="it",
+               disable=not progress, file=sys.stdout)
     try:
         for it in bar:
             data, succ = _rollouts(env, model, task, cfg.episodes_per_iteration,

@@ -83,6 +83,15 @@ def test_ppo_baseline_updates_the_whole_vla(tmp_path):
     assert after.vlm_id() != load_vla(default_model_dir()).vlm_id()
 
 
+def test_ppo_with_a_wall_clock_budget_runs_until_it_is_spent(tmp_path):
+    """PPO-Replay is compared with SAC sessions of the same minutes: with `minutes` set, the iteration count does
+    not end it early; it stops after the first iteration past the budget."""
+    from rl_agent.ppo import PPOConfig, run_ppo
+    cfg = PPOConfig(iterations=1, minutes=0.05, episodes_per_iteration=1, max_steps=2, epochs=1, minibatch=4)
+    log = run_ppo(str(default_model_dir()), "press_button", cfg, tmp_path / "ppo", progress=False)["log"]
+    assert log[-1]["elapsed_s"] > 3.0 and all(row["elapsed_s"] <= 3.0 for row in log[:-1]), log
+
+
 def test_shipped_main_job_config_names_real_tasks_in_the_right_categories():
     """config/main_job.yaml (the README's first command) loads as typed config; its RL curriculum is RL-category
     tasks the twin knows, its evaluation covers every category and its RL task, and its language command task exists."""
