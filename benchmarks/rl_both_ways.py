@@ -21,11 +21,12 @@ sys.path.insert(0, str(REPO))
 
 
 def session_dict(task: str, minutes: float, seed: int, episodes: int = 0) -> dict:
+    """The main job's session settings (config/rl_session.yaml under main_job.yaml's iterate: session:)."""
     import yaml
-    base = yaml.safe_load((REPO / "config" / "rl_session.yaml").read_text())["session"]
+
+    from rl_agent.session_config import merge_sections, session_section
     job = yaml.safe_load((REPO / "config" / "main_job.yaml").read_text())["iterate"]["session"]
-    for k, v in job.items():
-        base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    base = merge_sections(session_section(REPO / "config" / "rl_session.yaml"), job)
     base.update(task=task, minutes=minutes, seed=seed)
     if episodes:
         base["max_episodes"] = episodes

@@ -108,10 +108,6 @@ def build_agent(checkpoint: str, sac_overrides: Optional[dict] = None, seed: int
 
 def load_sac_overrides(path: str) -> dict:
     """The `sac:` section of a session YAML (config/rl_session.yaml layout), {} when empty."""
-    if not path:
-        return {}
-    import yaml
-    with open(path, encoding="utf-8") as f:
-        doc = yaml.safe_load(f) or {}
-    return dict(doc.get("session", doc).get("sac", {}) or {})
+    from rl_agent.session_config import session_section
+    return dict(session_section(path).get("sac", {}) or {})
 

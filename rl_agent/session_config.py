@@ -135,3 +135,23 @@ class SessionConfig:
     def to_dict(self) -> dict:
         return to_dict(self)
 
+
+
+def session_section(path: Optional[PathLike]) -> dict:
+    """The session settings of a YAML file as plain data: its `session:` section (config/rl_session.yaml layout) or
+    the whole document; {} without a path. The one reader of that section (rl-session, iterate, the RL nodes)."""
+    if not path:
+        return {}
+    import yaml
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f) or {}
+    return dict(doc.get("session", doc) or {})
+
+
+def merge_sections(base: dict, overrides: dict) -> dict:
+    """`overrides` on top of `base`; sections (dicts) merge key by key, so `env: {task_files: ...}` keeps
+    `env: {image_size: ...}`."""
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

@@ -186,14 +186,10 @@ def stage0(cfg: IterateConfig, run_dir: Path, expert: Path, state: RunState) -> 
 
 
 def stage1(cfg: IterateConfig, run_dir: Path, ckpt: str, task: str) -> dict:
-    from rl_agent.jobs.session import SessionConfig, run_session
-    base = {}
-    if cfg.session_config:
-        import yaml
-        doc = yaml.safe_load(_repo_path(cfg.session_config).read_text()) or {}
-        base = dict(doc.get("session", doc))
-    for k, v in cfg.session.items():  # sections merge key by key (env: task_files keeps env: image_size)
-        base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    from rl_agent.jobs.session import run_session
+    from rl_agent.session_config import SessionConfig, merge_sections, session_section
+    base = merge_sections(session_section(_repo_path(cfg.session_config) if cfg.session_config else None),
+                          cfg.session)
     base["task"] = task
     scfg = SessionConfig.from_dict(base)
     out = run_dir / "tasks" / task / "rl"

@@ -43,14 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> "SessionConfig":
-    import yaml
-
-    from rl_agent.jobs.session import SessionConfig
-    data = {}
-    if args.config:
-        with open(args.config, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-    data = dict(data.get("session", data))
+    from rl_agent.session_config import SessionConfig, session_section
+    data = session_section(args.config)
     if args.task:
         data["task"] = args.task
     if args.seed is not None:
