@@ -63,6 +63,17 @@ def test_shortened_loop_runs_every_stage_and_resumes(tmp_path):
     assert [r.label for r in again] == ["sft", "after_pick_eggplant"]
     assert (stage2 / "head.safetensors").stat().st_mtime_ns == mtime
 
+    # Other settings for a finished task are never reused silently: the run stops and names what changed.
+    from robot_server.usage import UsageError
+    changed = _cfg(tmp_path)
+    changed.session["max_episodes"] = 3
+    with pytest.raises(UsageError, match=r"pick_eggplant was made with other settings \(changed: rl\)"):
+        run_iterate(changed, run)
+    changed = _cfg(tmp_path)
+    changed.stage2["steps"] = 5
+    with pytest.raises(UsageError, match=r"changed: stage2"):
+        run_iterate(changed, run)
+
 
 def test_bad_variant_and_weights_are_rejected():
     with pytest.raises(ValueError, match="variant"):
@@ -114,7 +125,7 @@ def test_evaluation_cache_key_follows_checkpoint_content_tasks_seeds_and_words(t
 
     import yaml
     from policy.evaluate import EvalConfig
-    from rl_agent.jobs.iterate import evaluation_key
+    from rl_agent.jobs.run_records import evaluation_key
     src = default_model_dir()
     copy = tmp_path / "copy"
     shutil.copytree(src, copy)

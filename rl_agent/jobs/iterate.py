@@ -16,7 +16,6 @@ then supervised replay of the expert data).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -27,6 +26,8 @@ from typing import Any, Optional
 
 from policy.evaluate import (EvalConfig, EvalReport, evaluate, markdown_table, plot_reports, select_tasks,
                              summarize)
+from rl_agent.jobs.run_records import (RunState, check_same_settings, evaluation_key, stage0_key,
+                                       task_key)
 from teleop.config import from_dict, load_yaml, to_dict
 
 VARIANTS = ("irevla", "freeze", "sft_only", "ppo_replay")
@@ -103,23 +104,6 @@ def _repo_path(p: str) -> Path:
     return resolve_config(p)
 
 
-class RunState:
-    """state.json of a run: completed stages and their outputs, written atomically after every stage."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / "state.json"
-        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
-
-    def get(self, key: str):
-        return self.data.get(key)
-
-    def set(self, key: str, value) -> None:
-        self.data[key] = value
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.path)
-
-
 def _say(msg: str) -> None:
     print(f"[iterate {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -171,8 +155,13 @@ def _train(train_overrides: dict, init, datasets: list, mix: list[float], out: P
 def stage0(cfg: IterateConfig, run_dir: Path, expert: Path, state: RunState) -> str:
     if cfg.sft_checkpoint:
         return cfg.sft_checkpoint
+    want = stage0_key(_repo_path(cfg.vla_config).read_text(), cfg.stage0, expert)
+    if state.get("stage0") and state.get("stage0_key") is None:
+        state.set("stage0_key", "unrecorded")
+    check_same_settings(state, "stage0_key", want, "stage 0", _say)
     if state.get("stage0"):
         return state.get("stage0")
+    state.set("stage0_key", want)
     from policy.config import VLAConfig
     from policy.train import TrainConfig
     vla_yaml = _repo_path(cfg.vla_config)
@@ -185,13 +174,26 @@ def stage0(cfg: IterateConfig, run_dir: Path, expert: Path, state: RunState) -> 
     return str(ckpt)
 
 
-def stage1(cfg: IterateConfig, run_dir: Path, ckpt: str, task: str) -> dict:
-    from rl_agent.jobs.session import run_session
-    from rl_agent.session_config import SessionConfig, merge_sections, session_section
+def session_settings(cfg: IterateConfig, task: str) -> dict:
+    """The stage-1 session's settings for `task`: the session file's `session:` section under the run's overrides."""
+    from rl_agent.session_config import merge_sections, session_section
     base = merge_sections(session_section(_repo_path(cfg.session_config) if cfg.session_config else None),
                           cfg.session)
     base["task"] = task
-    scfg = SessionConfig.from_dict(base)
+    return base
+
+
+def rl_settings(cfg: IterateConfig, task: str) -> dict:
+    """The RL half of a curriculum task: PPO's settings, or the stage-1 session's and how it runs."""
+    if cfg.variant == "ppo_replay":
+        return {"ppo": cfg.ppo}
+    return {"session": session_settings(cfg, task), "stage1": cfg.stage1}
+
+
+def stage1(cfg: IterateConfig, run_dir: Path, ckpt: str, task: str) -> dict:
+    from rl_agent.jobs.session import run_session
+    from rl_agent.session_config import SessionConfig
+    scfg = SessionConfig.from_dict(session_settings(cfg, task))
     out = run_dir / "tasks" / task / "rl"
     _say(f"stage 1: RL on {task} from {ckpt} (VLM frozen) -> {out}{' over ROS 2' if cfg.stage1 == 'ros' else ''}")
     if cfg.stage1 == "ros":
@@ -208,31 +210,6 @@ def stage2(cfg: IterateConfig, run_dir: Path, ckpt: str, expert: Path, harvested
     mode = "frozen" if cfg.variant == "freeze" else "lora"
     _say(f"stage 2: supervised on expert + {n_rl} harvested set(s), VLM {mode}")
     return str(_train(cfg.stage2, ckpt, [expert, *harvested], mix, run_dir / "tasks" / task / "stage2", mode))
-
-
-def checkpoint_identity(ckpt: str) -> str:
-    """Content identity of a VLA checkpoint: the weight hashes VLA.save records (vlm_id covers the backbone and any
-    LoRA, head_id the head) plus the config; the same for a copy of it anywhere on disk."""
-    d = Path(ckpt)
-    meta = json.loads((d / "meta.json").read_text())
-    h = hashlib.blake2b(digest_size=8)
-    h.update(f"{meta.get('vlm_id')}:{meta.get('head_id')}:".encode())
-    h.update((d / "vla_config.yaml").read_bytes())
-    return h.hexdigest()
-
-
-def evaluation_key(ckpt: str, ev: EvalConfig) -> dict:
-    """What an evaluation's numbers depend on: the checkpoint's content, the tasks (their whole definitions from the
-    registry and task files: variations, objects, instructions), the seeds, the render size and the step limit."""
-    from sim_twin.tasks.registry import TaskRegistry
-    reg = TaskRegistry.load(extra_files=ev.task_files)
-    tasks = [t for t, _ in select_tasks(ev)]
-    instructions = {t: list(reg.tasks[t].phrasings(reg)) for t in tasks}
-    return {"checkpoint": checkpoint_identity(ckpt), "tasks": tasks, "seeds": list(ev.seeds),
-            "instructions": hashlib.blake2b(json.dumps(instructions, sort_keys=True).encode(),
-                                            digest_size=8).hexdigest(),
-            "task_definitions": reg.fingerprint(tasks),
-            "image_size": ev.image_size, "max_steps": ev.max_steps, "render_detail": ev.render_detail}
 
 
 def evaluate_stage(cfg: IterateConfig, run_dir: Path, ckpt: str, label: str, state: RunState) -> EvalReport:
@@ -279,6 +256,14 @@ def run_iterate(cfg: IterateConfig, run_dir: Path) -> list[EvalReport]:
         harvested: list[str] = list(state.get("harvested") or [])
         for task in cfg.curriculum:
             done = state.get(f"task:{task}")
+            if done and state.get(f"task_key:{task}") is None:
+                state.set(f"task_key:{task}", "unrecorded")
+            want = task_key(task, cfg.evaluation.task_files, ckpt, cfg.variant, rl_settings(cfg, task),
+                            {"stage2": cfg.stage2, "rl_weight": cfg.stage2_rl_weight,
+                             "skip_without_harvest": cfg.skip_stage2_without_harvest, "replay_steps": cfg.replay_steps},
+                            expert)
+            check_same_settings(state, f"task_key:{task}", want, f"the curriculum task {task}", _say)
+            state.set(f"task_key:{task}", state.get(f"task_key:{task}") or want)  # recorded before it starts
             if done:
                 ckpt = done
             elif cfg.variant == "ppo_replay":

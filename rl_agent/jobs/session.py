@@ -320,7 +320,8 @@ class Session(SessionOutputs):
                                              agent_policy(lambda: self.agent, True, self.rng))
         head_dir = self.out / "rl_head_ckpt"
         hand_back(self.vla, self.agent, head_dir, {"rl_task": self.cfg.task, "rl_episodes": st["episodes"],
-                                                   "rl_updates": st["updates"], "stage0_checkpoint": str(self.checkpoint)})
+                                                   "rl_updates": st["updates"],
+                                                   "stage0_checkpoint": str(self.checkpoint)})
         if self.cfg.eval.handback:
             st["eval"]["after_handback"] = self._evaluate("after (RL head inside the VLA)", vla_policy(self.encoder))
         summary = self._summary(head_dir)
