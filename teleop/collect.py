@@ -51,6 +51,36 @@ def run_episode(task: str, seed: int, cameras: tuple[str, ...], size: int, noise
             "steps": steps if (r.success or keep_failures) else None}
 
 
+def settings_mismatch(entries: list[dict], cameras, image_size: int, noise: float, clutter: int,
+                      task_definitions: dict[str, str]) -> list[str]:
+    """How the scripted episodes in `entries` were recorded differently from these settings (cameras and their
+    size, expert noise, clutter, each task's definition): one line per difference, [] when they agree. A scripted
+    set holds one setting; what records no field (older sets) is not compared on it."""
+    out = set()
+    for e in entries:
+        if e.get("category") != CATEGORY:
+            continue
+        x = e.get("extra") or {}
+        cams = [(c.get("name"), c.get("width"), c.get("height")) for c in e.get("cameras") or []]
+        if cams and cams != [(c, image_size, image_size) for c in cameras]:
+            out.add(f"cameras {cams} (wanted {list(cameras)} at {image_size} px)")
+        if "expert_noise" in x and float(x["expert_noise"]) != float(noise):
+            out.add(f"expert noise {x['expert_noise']} (wanted {noise})")
+        if int(x.get("clutter") or 0) != int(clutter):
+            out.add(f"clutter {x.get('clutter') or 0} (wanted {clutter})")
+        fp = x.get("task_definition")
+        if fp is not None and e.get("task") in task_definitions and fp != task_definitions[e["task"]]:
+            out.add(f"task {e['task']} as defined then (its definition has changed since)")
+    return sorted(out)
+
+
+def task_definitions(tasks, task_files=()) -> dict[str, str]:
+    """Each task's fingerprint (sim_twin.tasks.registry.TaskRegistry.fingerprint): its whole definition now."""
+    from sim_twin.tasks.registry import TaskRegistry
+    reg = TaskRegistry.load(extra_files=task_files)
+    return {t: reg.fingerprint([t]) for t in tasks}
+
+
 def resume_counts(entries: list[dict], tasks: list[str], first_seed: int) -> tuple[dict, dict]:
     """(successes, attempts) per task from a dataset's index: a rerun after a kill continues where it stopped,
     with the next unused seed of each task (seed = first_seed + 100000 k + attempt), never repeating a scene."""
@@ -142,10 +172,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"irevla collect: cannot open {args.out}: {e}", file=sys.stderr)
         return 2
 
-    other = {int((e.get("extra") or {}).get("clutter") or 0) for e in rec.episodes if e.get("category") == CATEGORY}
-    if other - {args.clutter}:
-        print(f"irevla collect: {args.out} holds episodes collected with --clutter {sorted(other)}; a set has one "
-              f"clutter setting (use another --out)", file=sys.stderr)
+    definitions = task_definitions(tasks, task_files)
+    differ = settings_mismatch(rec.episodes, cameras, args.image_size, args.noise, args.clutter, definitions)
+    if differ:
+        print(f"irevla collect: {args.out} holds scripted episodes recorded with other settings: {'; '.join(differ)}."
+              " A set has one setting: use another --out", file=sys.stderr)
         rec.close()
         return 2
     wanted = {t: args.episodes_per_task for t in tasks}
@@ -203,7 +234,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         rec.start(task=t, category=CATEGORY, instruction=r["instruction"], operator=args.operator,
                                   extra={"seed": r["seed"], "task_category": r["task_category"],
                                          "expert_noise": args.noise, "clutter": args.clutter,
-                                         "clutter_objects": r["clutter"]})
+                                         "clutter_objects": r["clutter"], "task_definition": definitions[t]})
                         t0_ns = time.time_ns()
                         for i, (images, state, action) in enumerate(r["steps"]):
                             rec.add_step(images, state, action, t0_ns + i * 100_000_000)

@@ -124,6 +124,12 @@ def ensure_expert_set(cfg: ExpertSetConfig, run_dir: Path, log=_say) -> Path:
         entries = []
     reg = TaskRegistry.load(extra_files=cfg.task_files, include_default=not cfg.task_files)
     tasks = cfg.tasks or [n for n, t in reg.tasks.items() if t.category == "expert"]
+    differ = collect.settings_mismatch([e for e in entries if e.get("task") in tasks], cfg.cameras, cfg.image_size,
+                                       cfg.noise, 0, collect.task_definitions(tasks, cfg.task_files))
+    if differ:  # never reused (or topped up) silently
+        from robot_server.usage import UsageError
+        raise UsageError(f"expert set {path}: its scripted episodes were recorded with other settings: "
+                         f"{'; '.join(differ)}. Point expert.path elsewhere (or delete the set) to collect anew")
     have = Counter(e.get("task") for e in entries)
     short = [t for t in tasks if have[t] < cfg.episodes_per_task]
     if entries and (not short or any(e.get("category") != collect.CATEGORY for e in entries)):
