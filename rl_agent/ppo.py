@@ -24,6 +24,7 @@ from torch import nn
 from robot_server.contract import policy_state_of_obs
 from robot_server.rollout import rollout
 from policy.heads import ActionHead
+from rl_agent.session_config import DemoConfig
 from sim_twin import seeds
 
 
@@ -49,6 +50,10 @@ class PPOConfig:
     seed: int = 0
     backbone_training: str = "lora"  # the full VLA trains ("lora" on a pretrained backbone, "full" on a tiny one)
     task_files: list[str] = field(default_factory=list)  # extra task registries (e.g. metaworld)
+    # The same demonstrations SACfD gets (rl_agent/ppo_demos.py), cloned for `bc_steps` before PPO starts;
+    # demos.count 0: no warm start. `irevla iterate` hands PPO-Replay its session's demo settings.
+    demos: DemoConfig = field(default_factory=lambda: DemoConfig(count=0))
+    bc_steps: int = 200
 
 
 class PPOModel(nn.Module):
@@ -123,7 +128,8 @@ def run_ppo(checkpoint: str, task: str, cfg: PPOConfig, out_dir: Path, progress:
     opt = torch.optim.Adam(params, lr=cfg.lr)
     cameras = list(vla.cfg.cameras)
     env = make_env(task, tuple(cameras), cfg.image_size or vla.image_size, task_files=tuple(cfg.task_files))
-    log, t0 = [], time.perf_counter()
+    warm = _warm_start(env, model, params, opt, task, cfg, cameras, rng) if cfg.demos.count > 0 else {}
+    log, t0 = [], time.perf_counter()  # the wall-clock budget counts from here, as the session's from its RL phase
     import itertools
     its = itertools.count() if cfg.minutes is not None else range(cfg.iterations)
     bar = tqdm(its, total=None if cfg.minutes is not None else cfg.iterations, desc=f"PPO {task}", unit="it",
@@ -167,5 +173,21 @@ def run_ppo(checkpoint: str, task: str, cfg: PPOConfig, out_dir: Path, progress:
         bar.close()
     vla.eval()
     ckpt = vla.save(out_dir / "checkpoint", extra_meta={"stage": "ppo", "task": task})
-    (out_dir / "ppo_log.json").write_text(json.dumps(log, indent=1))
-    return {"checkpoint": str(ckpt), "log": log}
+    (out_dir / "ppo_log.json").write_text(json.dumps({"warm_start": warm, "iterations": log}, indent=1))
+    return {"checkpoint": str(ckpt), "log": log, "warm_start": warm}
+
+
+def _warm_start(env, model, params, opt, task, cfg: PPOConfig, cameras, rng) -> dict:
+    from rl_agent.ppo_demos import behaviour_clone, collect_demo_steps
+
+    def head_action(obs, instr):
+        images = np.stack([obs["images"][c] for c in cameras])[None]
+        with torch.no_grad():
+            dist, _ = model.dist_value(images, [instr], policy_state_of_obs(obs["state"])[None])
+        return dist.mean[0].numpy()
+    t0 = time.perf_counter()
+    demos = collect_demo_steps(env, head_action, task, cfg.demos, cfg.seed, cameras, cfg.max_steps)
+    losses = behaviour_clone(model, params, opt, demos, cfg.bc_steps, cfg.minibatch, rng)
+    return {**demos["stats"], "steps": int(len(demos["action"])), "bc_steps": len(losses),
+            "bc_loss_first": losses[0] if losses else None, "bc_loss_last": losses[-1] if losses else None,
+            "seconds": round(time.perf_counter() - t0, 1)}

@@ -94,6 +94,20 @@ def test_ppo_baseline_updates_the_whole_vla(tmp_path):
     assert after.vlm_id() != load_vla(default_model_dir()).vlm_id()
 
 
+def test_ppo_replay_starts_from_the_same_demonstrations(tmp_path):
+    """PPO-Replay's warm start: the session's demo settings and scene seeds, cloned before the policy gradient."""
+    from rl_agent.ppo import PPOConfig, run_ppo
+    from rl_agent.session_config import DemoConfig
+    cfg = PPOConfig(iterations=1, episodes_per_iteration=1, max_steps=60, epochs=1, minibatch=8, bc_steps=4,
+                    demos=DemoConfig(count=2, source="expert", expert_max_attempts=3))
+    res = run_ppo(str(default_model_dir()), "press_button", cfg, tmp_path / "ppo", progress=False)
+    warm = res["warm_start"]
+    assert warm["expert"] == 2 and warm["vla_attempts"] == 0 and warm["steps"] > 10, warm
+    assert warm["bc_steps"] == 4 and warm["bc_loss_last"] is not None
+    log = json.loads((tmp_path / "ppo" / "ppo_log.json").read_text())
+    assert log["warm_start"] == warm and len(log["iterations"]) == 1
+
+
 def test_ppo_with_a_wall_clock_budget_runs_until_it_is_spent(tmp_path):
     """PPO-Replay is compared with SAC sessions of the same minutes: with `minutes` set, the iteration count does
     not end it early; it stops after the first iteration past the budget."""

@@ -192,7 +192,7 @@ def session_settings(cfg: IterateConfig, task: str) -> dict:
 def rl_settings(cfg: IterateConfig, task: str) -> dict:
     """The RL half of a curriculum task: PPO's settings, or the stage-1 session's and how it runs."""
     if cfg.variant == "ppo_replay":
-        return {"ppo": cfg.ppo}
+        return {"ppo": cfg.ppo, "demos": session_settings(cfg, task).get("demos")}
     return {"session": session_settings(cfg, task), "stage1": cfg.stage1}
 
 
@@ -274,7 +274,8 @@ def run_iterate(cfg: IterateConfig, run_dir: Path) -> list[EvalReport]:
                 ckpt = done
             elif cfg.variant == "ppo_replay":
                 from rl_agent.ppo import PPOConfig, run_ppo
-                pcfg = from_dict(PPOConfig, cfg.ppo)
+                # the same demonstrations as the SAC session's (ppo.demos overrides; count 0: none)
+                pcfg = from_dict(PPOConfig, {"demos": session_settings(cfg, task).get("demos", {}), **cfg.ppo})
                 _say(f"PPO on the whole VLA: {task}")
                 res = run_ppo(ckpt, task, pcfg, run_dir / "tasks" / task / "ppo")
                 _say("expert replay (supervised on the expert set)")
