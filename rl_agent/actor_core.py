@@ -58,6 +58,34 @@ class ActorParams:
             raise ValueError(f"mode must be twin or robot, got {self.mode!r}")
 
 
+def actor_reward(p: ActorParams):
+    """-> (reward source, the operator's marks). The configured success source, plus the operator's marks through
+    the services (always there: on the real robot they are the reward; in the twin they let a person or a test end
+    an episode)."""
+    from rl_agent.rewards import AnyOfReward, OperatorReward, RewardConfig, make_reward_source
+    operator = OperatorReward()
+    if p.reward == "operator":
+        return operator, operator
+    base = make_reward_source(RewardConfig(source=p.reward, classifier_path=p.classifier or None))
+    return AnyOfReward([base, operator]), operator
+
+
+def open_interventions(p: ActorParams):
+    """The operator's intervention device, opened (None without one); raises teleop.devices.DeviceError and the
+    like when it is not there (no SpaceMouse, no terminal)."""
+    if not p.intervention_device:
+        return None
+    import dataclasses
+
+    from rl_agent.interventions import InterventionConfig, make_interventions
+    from teleop.controller import TeleopConfig
+    teleop = TeleopConfig.from_yaml(p.teleop_config) if p.teleop_config else TeleopConfig()
+    teleop = dataclasses.replace(teleop, device=p.intervention_device)
+    interventions = make_interventions(InterventionConfig(enabled=True, teleop=teleop))
+    interventions.open()
+    return interventions
+
+
 class ActorCore:
     """The actor's state between ROS and the acting loop (no ROS): its agent (params swapped in atomically), the
     outbox, learner liveness and the messages about it."""

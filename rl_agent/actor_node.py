@@ -15,14 +15,13 @@ which the learner deduplicates), then RL episodes. Delivery and reconnection: rl
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from rl_agent import transport as tp
-from rl_agent.actor_core import ActorCore, ActorParams
+from rl_agent.actor_core import ActorCore, ActorParams, actor_reward, open_interventions
 from rl_agent.actor_loop import run_actor
 from rl_agent.robot_env import ActorHarvest, RosLatentEnv, task_category
 
@@ -62,7 +61,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     from rl_agent.env import LatentEncoder, LatentEnv
     from rl_agent.agent_setup import build_agent, load_sac_overrides
     from rl_agent.episodes import EpisodeRunner
-    from rl_agent.rewards import AnyOfReward, OperatorReward, RewardConfig, make_reward_source
 
     agent, vla = build_agent(p.checkpoint, load_sac_overrides(p.config), int(p.seed))
     encoder = LatentEncoder(vla, torch_threads=1)
@@ -128,14 +126,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     node.create_timer(float(p.heartbeat_period_s), tick)
 
-    # The configured success source, plus the operator's marks through the services (always available: on the
-    # real robot they are the reward; in the twin they let a person or a test end an episode).
-    operator = OperatorReward()
-    if p.reward == "operator":
-        reward = operator
-    else:
-        base = make_reward_source(RewardConfig(source=p.reward, classifier_path=p.classifier or None))
-        reward = AnyOfReward([base, operator])
+    reward, operator = actor_reward(p)  # the operator's marks come through these two services
 
     def marker(success: bool):
         def handle(request, response):
@@ -158,21 +149,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         env.task, env.category = p.task, task_category(p.task, p.task_file)
         env.task_files = tuple(f for f in p.task_file.split(",") if f)
     harvest = ActorHarvest(out / "harvest", tuple(encoder.cameras), p.actor_id, logger) if p.harvest else None
-    interventions = None
-    if p.intervention_device:
-        from rl_agent.interventions import InterventionConfig, make_interventions
-        from teleop.controller import TeleopConfig
-        try:
-            teleop = TeleopConfig.from_yaml(p.teleop_config) if p.teleop_config else TeleopConfig()
-            teleop = dataclasses.replace(teleop, device=p.intervention_device)
-            interventions = make_interventions(InterventionConfig(enabled=True, teleop=teleop))
-            interventions.open()
-        except Exception as exc:  # teleop.devices.DeviceError: no SpaceMouse, no terminal
-            logger.error(f"rl_actor: intervention device {p.intervention_device!r}: {exc}")
-            env.close()
-            node.destroy_node()
-            rclpy.try_shutdown()
-            return 2
+    try:
+        interventions = open_interventions(p)
+    except Exception as exc:  # teleop.devices.DeviceError: no SpaceMouse, no terminal
+        logger.error(f"rl_actor: intervention device {p.intervention_device!r}: {exc}")
+        env.close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 2
     runner = EpisodeRunner(env, reward, interventions, agent.prepare_observations)
     from rl_agent.operator_console import SessionStatus, open_console
     from rl_agent.session_log import EpisodeLog
