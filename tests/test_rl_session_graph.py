@@ -4,6 +4,7 @@ actor (robot mode, over the robot server) acts and sends demos and transitions, 
 processes over real DDS on the twin cell."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -68,16 +69,27 @@ KILL_ARGS = ("task:=press_button", "instruction:=press the button", "reward:=twi
              "max_episode_steps:=12", "learning_starts:=100000")
 
 
+@contextlib.contextmanager
 def _graph(tmp_path, log_name: str, args=KILL_ARGS):
-    """The rl_session graph on the twin with the default model, its output in tmp_path/log_name."""
+    """The rl_session graph on the twin with the default model, its output in tmp_path/log_name. On leaving, a
+    graph still running gets Ctrl-C (its nodes end their episode and checkpoint), then SIGKILL if it hangs."""
+    import signal
     import subprocess
     env = {k: v for k, v in os.environ.items() if k != "IREVLA_JOINED"}
-    log = open(tmp_path / log_name, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "robot_server.launch_graph", "rl_session",
-                             f"checkpoint:={REPO / 'policy' / 'default_model'}", *args,
-                             f"learner_out:={tmp_path / 'learner'}", f"actor_out:={tmp_path / 'actor'}"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, log
+    with open(tmp_path / log_name, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "robot_server.launch_graph", "rl_session",
+                                 f"checkpoint:={REPO / 'policy' / 'default_model'}", *args,
+                                 f"learner_out:={tmp_path / 'learner'}", f"actor_out:={tmp_path / 'actor'}"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield proc
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+                proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=15)
 
 
 def _wait_for(path: Path, pattern: str, timeout: float, count: int = 1, proc=None) -> None:
@@ -99,32 +111,21 @@ def test_actor_sigkill_loses_at_most_the_episode_in_progress(tmp_path):
     import json
     import signal as sig
     import subprocess
-    proc, log = _graph(tmp_path, "run1.log")
-    try:
+    with _graph(tmp_path, "run1.log") as proc:
         _wait_for(tmp_path / "run1.log", r"actor: episode \d+:", 240, count=2, proc=proc)
         time.sleep(0.6)  # into the next episode: its first chunk may be out, the finished ones acknowledged
         found = subprocess.run(["pgrep", "-f", f"rl_actor.*{tmp_path / 'actor'}"], capture_output=True, text=True)
         os.kill(int(found.stdout.split()[0]), sig.SIGKILL)
         proc.wait(timeout=60)  # the launcher stops the graph when a node dies
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, sig.SIGKILL)
-        log.close()
     episodes = [json.loads(x) for x in (tmp_path / "actor" / "episodes.jsonl").read_text().splitlines()]
     learner = json.loads((tmp_path / "learner" / "summary.json").read_text())
     finished = sum(e["steps"] for e in episodes)
     assert len(episodes) >= 2 and finished <= learner["received"]["transitions"] <= finished + 12, (episodes, learner)
 
-    proc, log = _graph(tmp_path, "run2.log")
-    try:
+    with _graph(tmp_path, "run2.log") as proc:
         _wait_for(tmp_path / "run2.log", r"learner: resumed from", 240)
         _wait_for(tmp_path / "run2.log", r"actor: episode \d+:", 240, count=1)
-        os.killpg(proc.pid, sig.SIGINT)  # Ctrl-C: the actor ends its episode, the learner checkpoints
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, sig.SIGKILL)
-        log.close()
+    # (leaving the block: Ctrl-C, the actor ends its episode, the learner checkpoints)
     text = (tmp_path / "run2.log").read_text(errors="replace")
     assert "Traceback" not in text, text[-4000:]
     episodes2 = [json.loads(x) for x in (tmp_path / "actor" / "episodes.jsonl").read_text().splitlines()]
@@ -142,18 +143,10 @@ def test_scripted_expert_demos_over_ros_on_the_twin_cell(tmp_path):
     gets the same kind of demos as the in-process one; its successful demo is sent to the learner and harvested for
     stage 2."""
     import json
-    import signal as sig
-    proc, log = _graph(tmp_path, "run.log", ("task:=press_green_button", "instruction:=press the green button",
-                                             "reward:=twin", "demos:=1", "demo_source:=expert",
-                                             "learning_starts:=100000"))
-    try:
+    with _graph(tmp_path, "run.log", ("task:=press_green_button", "instruction:=press the green button",
+                                      "reward:=twin", "demos:=1", "demo_source:=expert",
+                                      "learning_starts:=100000")) as proc:
         _wait_for(tmp_path / "run.log", r"actor: sent 1 demo episode", 300, proc=proc)
-        os.killpg(proc.pid, sig.SIGINT)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, sig.SIGKILL)
-        log.close()
     text = (tmp_path / "run.log").read_text(errors="replace")
     assert "actor: 1 demos (0 VLA in 0 attempts, 1 expert)" in text and "Traceback" not in text, text[-4000:]
     from teleop import storage
