@@ -260,7 +260,8 @@ class Session(SessionOutputs):
                 self._write_progress()
             self.learner.add_step(obs, a, verdict.reward, next_obs, verdict.success, intervened=took)
             t_u = time.perf_counter()
-            for info in self.learner.train_owed():  # act, store, update: SERL's update-to-data ratio
+            owed = self.learner.train_owed() if c.train.updates_per_step > 0 else ()  # 0: acting only
+            for info in owed:  # act, store, update: SERL's update-to-data ratio
                 for k, v in info.items():
                     ep_info.setdefault(k, []).append(v)
             st["updates"] = self.learner.updates
