@@ -91,5 +91,5 @@ def test_collect_with_clutter_labels_the_clutter(tmp_path):
         assert any(n in others[name]["instruction"] for n in noun_words)
     # One clutter setting per set: appending with another is refused, and what is recorded stays.
     proc = subprocess.run([("0" if c == "2" else c) for c in cmd], capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 2 and "one clutter setting" in proc.stderr
+    assert proc.returncode == 2 and "clutter 2 (wanted 0)" in proc.stderr and "one setting" in proc.stderr
     assert len((out / "index.jsonl").read_text().splitlines()) == 1
