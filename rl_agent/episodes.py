@@ -106,47 +106,69 @@ def agent_policy(get_agent: Callable[[], Any], deterministic: bool, rng: np.rand
     return act
 
 
+def demo_attempts(cfg: DemoConfig, seed: int, try_vla: Callable[[int, int], bool],
+                  try_expert: Callable[[int, int], bool], should_stop: Optional[Callable[[], bool]] = None,
+                  progress: Optional[Callable[[dict], None]] = None) -> dict:
+    """The demo schedule every stage-1 path shares (the session, the ROS actor, PPO-Replay's warm start): VLA
+    attempts on the session's demo seeds until `cfg.count` succeed or `cfg.max_attempts` are spent, then the scripted
+    expert on its own seeds for the rest (per cfg.source). `try_vla(episode_seed, k)` / `try_expert(...)` run one
+    attempt and say whether it succeeded; `progress(stats)` after each."""
+    stats = {"vla": 0, "expert": 0, "vla_attempts": 0, "expert_attempts": 0}
+    stop = should_stop or (lambda: False)
+    if cfg.source in ("vla", "mixed"):
+        while stats["vla"] < cfg.count and stats["vla_attempts"] < cfg.max_attempts and not stop():
+            k = stats["vla_attempts"]
+            stats["vla_attempts"] += 1
+            stats["vla"] += bool(try_vla(session_seed(seed, DEMO_SEED_BASE, k), k))
+            if progress is not None:
+                progress(stats)
+    if cfg.source in ("expert", "mixed"):
+        while (stats["vla"] + stats["expert"] < cfg.count and stats["expert_attempts"] < cfg.expert_max_attempts
+               and not stop()):
+            k = stats["expert_attempts"]
+            stats["expert_attempts"] += 1
+            stats["expert"] += bool(try_expert(session_seed(seed, EXPERT_SEED_BASE, k), k))
+            if progress is not None:
+                progress(stats)
+    stats["total"] = stats["vla"] + stats["expert"]
+    stats["vla_success_rate"] = stats["vla"] / stats["vla_attempts"] if stats["vla_attempts"] else None
+    return stats
+
+
 def collect_demos(runner: EpisodeRunner, encoder, cfg: DemoConfig, seed: int,
                   on_demo: Callable[[EpisodeResult, str, str], None],
                   on_failed: Optional[Callable[[EpisodeResult], None]] = None, bar=None,
                   should_stop: Optional[Callable[[], bool]] = None) -> dict:
     """Successful episodes of the zero-shot VLA (its head + noise), topped up by the scripted expert (twin only)
     per cfg.source; `on_demo(result, source, key)` takes each success, `on_failed` each failed VLA attempt."""
-    stats = {"vla": 0, "expert": 0, "vla_attempts": 0, "expert_attempts": 0, "failed_to_online": 0}
     rng = np.random.default_rng(seed + 17)
-    stop = should_stop or (lambda: False)
-    if cfg.source in ("vla", "mixed"):
-        while stats["vla"] < cfg.count and stats["vla_attempts"] < cfg.max_attempts and not stop():
-            k = stats["vla_attempts"]
-            stats["vla_attempts"] += 1
-            res = runner.run(session_seed(seed, DEMO_SEED_BASE, k), vla_policy(encoder, cfg.action_noise, rng),
-                             should_stop=should_stop)
-            if res.trace.success:
-                stats["vla"] += 1
-                on_demo(res, "vla_demo", f"vla_demo:{k}")
-                if bar is not None:
-                    bar.update(1)
-            elif cfg.failed_to_online and on_failed is not None:
-                on_failed(res)
-                stats["failed_to_online"] += len(res.actions)
+    failed = [0]
+
+    def try_vla(episode_seed: int, k: int) -> bool:
+        res = runner.run(episode_seed, vla_policy(encoder, cfg.action_noise, rng), should_stop=should_stop)
+        if res.trace.success:
+            on_demo(res, "vla_demo", f"vla_demo:{k}")
             if bar is not None:
-                bar.set_postfix_str(f"VLA {stats['vla']} successful in {stats['vla_attempts']} attempts")
-    if cfg.source in ("expert", "mixed"):
-        env = runner.env
-        while (stats["vla"] + stats["expert"] < cfg.count and stats["expert_attempts"] < cfg.expert_max_attempts
-               and not stop()):
-            k = stats["expert_attempts"]
-            stats["expert_attempts"] += 1
-            res = runner.run(session_seed(seed, EXPERT_SEED_BASE, k), lambda *_: env.expert_action(cfg.expert_noise),
-                             should_stop=should_stop)
-            if res.trace.success:
-                stats["expert"] += 1
-                on_demo(res, "expert_demo", f"expert_demo:{k}")
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
+        elif cfg.failed_to_online and on_failed is not None:
+            on_failed(res)
+            failed[0] += len(res.actions)
+        return res.trace.success
+
+    def try_expert(episode_seed: int, k: int) -> bool:
+        res = runner.run(episode_seed, lambda *_: runner.env.expert_action(cfg.expert_noise), should_stop=should_stop)
+        if res.trace.success:
+            on_demo(res, "expert_demo", f"expert_demo:{k}")
             if bar is not None:
-                bar.set_postfix_str(f"VLA {stats['vla']}, expert {stats['expert']} in {stats['expert_attempts']}")
-    stats["total"] = stats["vla"] + stats["expert"]
-    stats["vla_success_rate"] = stats["vla"] / stats["vla_attempts"] if stats["vla_attempts"] else None
+                bar.update(1)
+        return res.trace.success
+
+    def progress(st: dict) -> None:
+        if bar is not None:
+            bar.set_postfix_str(f"VLA {st['vla']} in {st['vla_attempts']}, expert {st['expert']} in "
+                                f"{st['expert_attempts']}")
+
+    stats = demo_attempts(cfg, seed, try_vla, try_expert, should_stop, progress)
+    stats["failed_to_online"] = failed[0]
     return stats
 

@@ -73,14 +73,18 @@ class PPOModel(nn.Module):
         return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean)), value
 
 
+def policy_inputs(obs: dict, cameras) -> tuple[np.ndarray, np.ndarray]:
+    """A contract observation as the VLA takes it: images [cams, H, W, 3] in the VLA's camera order, policy state."""
+    return np.stack([obs["images"][c] for c in cameras]), policy_state_of_obs(obs["state"])
+
+
 def _rollouts(env, model, task, n, seed0, rng, max_steps, cameras):
     """n episodes with the current stochastic policy -> flat arrays + per-episode successes."""
     buf = {"images": [], "state": [], "instr": [], "u": [], "logp": [], "value": [], "reward": [], "done": []}
     successes = []
 
     def act(obs, instr):
-        images = np.stack([obs["images"][c] for c in cameras])[None]
-        st = policy_state_of_obs(obs["state"])[None]
+        images, st = (x[None] for x in policy_inputs(obs, cameras))
         with torch.no_grad():
             dist, value = model.dist_value(images, [instr], st)
             u = dist.mean + dist.stddev * torch.as_tensor(rng.standard_normal(dist.mean.shape), dtype=torch.float32)
@@ -181,9 +185,9 @@ def _warm_start(env, model, params, opt, task, cfg: PPOConfig, cameras, rng) -> 
     from rl_agent.ppo_demos import behaviour_clone, collect_demo_steps
 
     def head_action(obs, instr):
-        images = np.stack([obs["images"][c] for c in cameras])[None]
+        images, st = (x[None] for x in policy_inputs(obs, cameras))
         with torch.no_grad():
-            dist, _ = model.dist_value(images, [instr], policy_state_of_obs(obs["state"])[None])
+            dist, _ = model.dist_value(images, [instr], st)
         return dist.mean[0].numpy()
     t0 = time.perf_counter()
     demos = collect_demo_steps(env, head_action, task, cfg.demos, cfg.seed, cameras, cfg.max_steps)

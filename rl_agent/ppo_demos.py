@@ -1,6 +1,6 @@
 """PPO-Replay's warm start from the same demonstrations SACfD gets: the same demo settings (count, source, attempts,
-noise) and the same scene seeds as the stage-1 session's (rl_agent.episodes: the session's demo and expert seed
-slices), then behaviour cloning of the whole VLA on them before the policy gradient starts. Without it the table's
+noise) and the same scene seeds as the stage-1 session's (rl_agent.episodes.demo_attempts, the schedule both
+share), then behaviour cloning of the whole VLA on them before the policy gradient starts. Without it the table's
 PPO row would get no demonstrations while SACfD does.
 """
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from robot_server.contract import policy_state_of_obs
 from robot_server.rollout import rollout
-from rl_agent.episodes import DEMO_SEED_BASE, EXPERT_SEED_BASE, session_seed
+from rl_agent.episodes import demo_attempts
+from rl_agent.ppo import policy_inputs
 from rl_agent.session_config import DemoConfig
 
 
@@ -21,15 +21,15 @@ def collect_demo_steps(env, head_action: Callable, task: str, cfg: DemoConfig, s
     """The successful episodes, as steps: images [N, cams, H, W, 3], state, instruction, action executed."""
     rng = np.random.default_rng(seed + 17)
     steps = {"images": [], "state": [], "instr": [], "action": []}
-    stats = {"vla": 0, "expert": 0, "vla_attempts": 0, "expert_attempts": 0}
 
     def run(episode_seed: int, policy: Callable) -> bool:
         ep = {"images": [], "state": [], "instr": [], "action": []}
 
         def act(obs, instr):
             a = np.clip(np.asarray(policy(obs, instr), np.float32), -1.0, 1.0)
-            ep["images"].append(np.stack([obs["images"][c] for c in cameras]))
-            ep["state"].append(policy_state_of_obs(obs["state"]))
+            images, state = policy_inputs(obs, cameras)
+            ep["images"].append(images)
+            ep["state"].append(state)
             ep["instr"].append(instr)
             ep["action"].append(a)
             return a
@@ -39,18 +39,11 @@ def collect_demo_steps(env, head_action: Callable, task: str, cfg: DemoConfig, s
             return True
         return False
 
-    if cfg.source in ("vla", "mixed"):
-        while stats["vla"] < cfg.count and stats["vla_attempts"] < cfg.max_attempts:
-            k = stats["vla_attempts"]
-            stats["vla_attempts"] += 1
-            noisy = lambda obs, instr: head_action(obs, instr) + rng.normal(0.0, cfg.action_noise, 7)  # noqa: E731
-            stats["vla"] += run(session_seed(seed, DEMO_SEED_BASE, k), noisy)
-    if cfg.source in ("expert", "mixed"):
-        while stats["vla"] + stats["expert"] < cfg.count and stats["expert_attempts"] < cfg.expert_max_attempts:
-            k = stats["expert_attempts"]
-            stats["expert_attempts"] += 1
-            stats["expert"] += run(session_seed(seed, EXPERT_SEED_BASE, k),
-                                   lambda *_: env.expert_action(cfg.expert_noise))
+    def noisy(obs, instr):
+        return head_action(obs, instr) + rng.normal(0.0, cfg.action_noise, 7)
+
+    stats = demo_attempts(cfg, seed, lambda episode_seed, _k: run(episode_seed, noisy),
+                          lambda episode_seed, _k: run(episode_seed, lambda *_: env.expert_action(cfg.expert_noise)))
     log(f"PPO demos: {stats['vla']} from the VLA in {stats['vla_attempts']} attempts, {stats['expert']} from the "
         f"scripted expert in {stats['expert_attempts']}; {len(steps['action'])} steps")
     out = {k: (v if k == "instr" else np.asarray(v)) for k, v in steps.items()}
