@@ -268,18 +268,27 @@ def random_shift(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.n
     return out
 
 
-def split_by_task(sources: Sequence[PolicyData]) -> tuple[list[PolicyData], list[float]]:
+def split_by_task(sources: Sequence[PolicyData], dataset_weights: Optional[Sequence[float]] = None
+                  ) -> tuple[list[PolicyData], list[float]]:
     """One source per (dataset, task) and weights giving every task the same share of a batch (a task found in
-    several datasets is split between them by their step counts)."""
+    several datasets is split between them by their step counts). With `dataset_weights`, each dataset gets its
+    weight's share and splits it equally among its own tasks (stage 2: the harvest's share beside an expert set
+    whose tasks are balanced)."""
     parts = []
-    for s in sources:
+    for i, s in enumerate(sources):
         tasks = sorted({s.ds.episode(k)["task"] for k in range(s.num_episodes)})
         for t in tasks:
-            parts.append((t, PolicyData(s.root, s.cameras, include_failed=s.include_failed, tasks=[t])))
+            parts.append((i, t, PolicyData(s.root, s.cameras, include_failed=s.include_failed, tasks=[t])))
         s.ds.release()  # the whole-set view is replaced by its parts: free its file descriptors now
-    names = sorted({t for t, _ in parts})
-    totals = {t: sum(len(p) for u, p in parts if u == t) for t in names}
-    return [p for _, p in parts], [len(p) / totals[t] / len(names) for t, p in parts]
+    if dataset_weights is not None:
+        if len(dataset_weights) != len(sources):
+            raise DataError(f"{len(sources)} datasets but {len(dataset_weights)} mixture weights")
+        per_set = {i: sum(1 for j, _, _ in parts if j == i) for i in range(len(sources))}
+        total = sum(w for i, w in enumerate(dataset_weights) if per_set[i])
+        return [p for _, _, p in parts], [dataset_weights[i] / total / per_set[i] for i, _, _ in parts]
+    names = sorted({t for _, t, _ in parts})
+    totals = {t: sum(len(p) for _, u, p in parts if u == t) for t in names}
+    return [p for _, _, p in parts], [len(p) / totals[t] / len(names) for _, t, p in parts]
 
 
 class MixtureBatches:

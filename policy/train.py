@@ -69,7 +69,8 @@ class TrainConfig:
     # readout only (policy/data.py MixtureBatches): the latents must follow the words, not the scene's composition.
     counterfactual_rate: float = 0.0
     # How a batch is shared: "dataset" (by the `mix` weights, equal by default) or "task" (every task of every
-    # dataset gets the same share, e.g. stage 2's RL task beside each expert task, whatever the episode counts).
+    # dataset gets the same share, e.g. stage 2's RL task beside each expert task, whatever the episode counts;
+    # with `mix`, each dataset gets its weight and splits it equally among its tasks).
     balance: str = "dataset"
     # Override of what trains in the VLM ("lora", "full", "frozen"); None: the model's own setting. Stage 2 of a
     # checkpoint uses "lora" (paper); a fresh tiny VLA trains "full".
@@ -106,8 +107,6 @@ class TrainConfig:
             raise ValueError(f"normalization must be auto, data or keep, got {self.normalization!r}")
         if self.balance not in ("dataset", "task"):
             raise ValueError(f"balance must be dataset or task, got {self.balance!r}")
-        if self.balance == "task" and self.mix:
-            raise ValueError("balance: task shares batches per task; it cannot be combined with mix weights")
         if self.backbone_training not in (None, "lora", "full", "frozen"):
             raise ValueError(f"backbone_training must be lora, full or frozen, got {self.backbone_training!r}")
         if len(self.betas) != 2:
@@ -493,7 +492,7 @@ def _train(cfg, vla_or_ckpt, datasets, out_dir: Path, eval_hook, resume, until_s
             raise ValueError(f"{s.root}: read cameras {s.cameras}, the policy reads {cams}")
     mix = list(cfg.mix) or None
     if cfg.balance == "task":
-        sources, mix = _main_first(info, lambda: split_by_task(sources))
+        sources, mix = _main_first(info, lambda: split_by_task(sources, mix))
     if getattr(vla, "is_towers", False) and cfg.feature_cache:
         from policy.feature_cache import FeatureStore
         stores = _main_first(info, lambda: [FeatureStore.build(vla, s, progress=cfg.progress and info.is_main)

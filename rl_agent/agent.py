@@ -52,6 +52,7 @@ class SACAgent(struct.PyTreeNode):
     temperature: TrainState
     actor_buffers: Any  # the actor's "buffers" collection: the head's normalization statistics (never trained)
     frozen_token_learner: Any  # latent_input == "pooled": the SFT head's token learner params; else None
+    prior_actor_params: Any  # the actor as created (from the SFT head): the prior that config.prior_weight holds to
     rng: jax.Array
     target_entropy: jax.Array  # a leaf, not static: changing it (agent.replace) needs no recompilation
     config: SACConfig = struct.field(pytree_node=False)
@@ -109,7 +110,7 @@ class SACAgent(struct.PyTreeNode):
                                    {"log_temperature": jnp.asarray(np.log(cfg.init_temperature), jnp.float32)},
                                    cfg.temperature_lr)
         return cls(actor=actor, critic=critic, target_critic_params=critic_params, temperature=temperature,
-                   actor_buffers=buffers, frozen_token_learner=frozen_tl, rng=key,
+                   actor_buffers=buffers, frozen_token_learner=frozen_tl, prior_actor_params=actor_params, rng=key,
                    target_entropy=jnp.asarray(cfg.resolved_target_entropy(action_dim), jnp.float32), config=cfg,
                    latent_shape=latent_shape, state_dim=state_dim, action_dim=action_dim,
                    observation_key="pixels" if pixel_encoder is not None else "latents")
@@ -176,7 +177,16 @@ class SACAgent(struct.PyTreeNode):
             actions, log_prob = tanh_gaussian_sample(mean, log_std, key)
             q = self._q(self.critic.params, obs, actions).mean(axis=0)
             loss = jnp.mean(temperature * log_prob - q)
-            return loss, {"actor_loss": loss, "entropy": -log_prob.mean(), "actor_std": jnp.exp(log_std).mean()}
+            w = batch["is_demo"].astype(jnp.float32)
+            # on the sampled action, so the term holds the spread too: the critic's early errors otherwise widen it
+            err = jnp.sum((actions - batch["actions"].astype(jnp.float32)) ** 2, axis=-1)
+            bc = jnp.sum(w * err) / jnp.maximum(jnp.sum(w), 1.0)
+            # every row: the sampled action against the starting actor's deterministic action at that state
+            prior = jnp.tanh(jax.lax.stop_gradient(self._policy(self.prior_actor_params, obs)[0]))
+            prior_err = jnp.mean(jnp.sum((actions - prior) ** 2, axis=-1))
+            total = loss + self.config.bc_weight * bc + self.config.prior_weight * prior_err
+            return total, {"actor_loss": loss, "bc_loss": bc, "prior_loss": prior_err, "entropy": -log_prob.mean(),
+                           "actor_std": jnp.exp(log_std).mean()}
 
         grads, info = jax.grad(loss_fn, has_aux=True)(self.actor.params)
         actor = self.actor.apply_gradients(grads=grads)
@@ -228,6 +238,8 @@ class SACAgent(struct.PyTreeNode):
                              f"(sample config.update_batch_size = {self.config.update_batch_size})")
         key = self.observation_key
         out = {k_: batch[k_] for k_ in need}
+        # rows from the demo buffer (sample_mixed(..., return_sources=True)); the BC term reads them
+        out["is_demo"] = np.asarray(batch["is_demo"], bool) if "is_demo" in batch else np.zeros(b, bool)
         for name in ("observations", "next_observations"):
             obs = batch[name]
             if key not in obs:

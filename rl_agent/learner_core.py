@@ -140,7 +140,8 @@ class LearnerCore:
                 return False
             self.credit -= 1.0
         with self.lock:
-            batch = sample_mixed(self.demo, self.online, self.batch_size, self.rng)
+            batch, is_demo = sample_mixed(self.demo, self.online, self.batch_size, self.rng, return_sources=True)
+        batch["is_demo"] = is_demo  # the actor's BC term (SACConfig.bc_weight) reads the demo rows
         self.agent, self.last_info = self.agent.update(batch)
         self.updates += 1
         return True

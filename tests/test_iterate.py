@@ -194,3 +194,29 @@ def test_stage1_over_the_ros_graph_gives_the_same_result_format(tmp_path):
     again = run_iterate(cfg, run)  # finished: nothing runs again
     assert [r.label for r in again] == ["sft", "after_press_green_button"]
     assert json.loads((rl / "summary.json").read_text()) == summary
+
+
+def test_the_run_seed_reaches_the_session_stage2_and_ppo_unless_a_section_names_its_own():
+    """`irevla iterate --seed N` / `irevla demo --seed N`: one seed for the run's RL session, stage 2 and PPO;
+    evaluation seeds stay. A section's own seed wins; a run recorded with another seed is not silently resumed."""
+    from rl_agent.jobs.iterate import rl_settings, session_settings, stage2_settings
+    cfg = from_dict(IterateConfig, {"seed": 3, "session_config": None, "stage2": {"steps": 5}})
+    assert session_settings(cfg, "pick_green_can")["seed"] == 3
+    assert stage2_settings(cfg) == {"seed": 3, "steps": 5}
+    assert from_dict(IterateConfig, {"seed": 3, "variant": "ppo_replay"}).seed == 3
+    assert rl_settings(from_dict(IterateConfig, {"seed": 3, "variant": "ppo_replay", "session_config": None}),
+                       "pick_green_can")["ppo"]["seed"] == 3
+    own = from_dict(IterateConfig, {"seed": 3, "session_config": None, "session": {"seed": 9},
+                                    "stage2": {"seed": 4}})
+    assert session_settings(own, "pick_green_can")["seed"] == 9 and stage2_settings(own)["seed"] == 4
+    other = from_dict(IterateConfig, {"seed": 4, "session_config": None, "stage2": {"steps": 5}})
+    assert rl_settings(cfg, "t") != rl_settings(other, "t")  # part of the task key: a changed seed is reported
+
+
+def test_main_job_seed_flag_sets_the_run_seed(monkeypatch, tmp_path):
+    from rl_agent.jobs import main_job
+    seen = {}
+    monkeypatch.setattr(main_job, "run_iterate", lambda it, run_dir: seen.setdefault("it", it) and [])
+    monkeypatch.setattr("robot_server.isolation.ensure_local_ros", lambda: None)
+    main_job.main(["--skip-command", "--seed", "2", "--out", str(tmp_path / "demo")])
+    assert seen["it"].seed == 2 and seen["it"].evaluation.seeds == list(range(20))

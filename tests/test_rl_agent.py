@@ -214,3 +214,54 @@ def test_pooled_latents_mode():
     back = rl2.actor_head_params()
     np.testing.assert_array_equal(back["params"]["token_learner"]["fc1"]["kernel"],
                                   head.token_learner.fc1.weight.detach().numpy().T)
+
+
+def test_bc_term_pulls_the_actor_to_demo_actions_only_on_demo_rows():
+    """bc_weight: the actor's deterministic action moves toward the demo rows' actions; rows not marked as demos
+    (and a bc_weight of 0) leave that pull out."""
+    rng = np.random.default_rng(3)
+    target = np.array([0.5, -0.4, 0.3, 0.0, 0.0, 0.2, 0.8], np.float32)
+    test_obs = random_obs(np.random.default_rng(7), BATCH)
+
+    def train(bc_weight: float, demo_rows: bool) -> float:
+        rl = SACAgent.create(1, LATENT, config=SACConfig(**{**TINY.to_dict(), "bc_weight": bc_weight}))
+        for _ in range(150):
+            b = random_batch(rng)
+            b["rewards"] = np.zeros(BATCH)  # nothing to learn from the critic: only BC can move the mean
+            b["actions"] = np.tile(target, (BATCH, 1))
+            b["is_demo"] = np.full(BATCH, demo_rows)
+            rl, info = rl.update(b)
+        assert np.isfinite(info["bc_loss"])
+        return float(np.abs(rl.eval_actions(test_obs) - target).mean())
+
+    start = float(np.abs(SACAgent.create(1, LATENT, config=TINY).eval_actions(test_obs) - target).mean())
+    with_bc = train(5.0, True)
+    assert with_bc < 0.3 * start, (start, with_bc)
+    assert train(5.0, False) > 0.6 * start
+    assert train(0.0, True) > 0.6 * start
+    with pytest.raises(ValueError, match="bc_weight"):
+        SACConfig(bc_weight=-1.0)
+
+
+def test_prior_term_keeps_the_actor_near_the_head_it_started_from():
+    """prior_weight: with a reward that pulls every action to +1, the actor started from a head leaves the head's
+    actions less far than without the prior (and the prior is the head, not the random init)."""
+    rng = np.random.default_rng(4)
+    head = head_to_flax(torch_head(0))
+    test_obs = random_obs(np.random.default_rng(8), BATCH)
+    start = SACAgent.create(1, LATENT, config=TINY, actor_head=head)
+
+    def drift(prior_weight: float) -> float:
+        rl = SACAgent.create(1, LATENT, config=SACConfig(**{**TINY.to_dict(), "prior_weight": prior_weight}),
+                             actor_head=head)
+        for _ in range(120):
+            b = random_batch(rng)
+            b["rewards"] = b["actions"].sum(axis=1)  # one-step bandit: more is better in every dimension
+            b["masks"] = np.zeros(BATCH, np.float32)
+            rl, info = rl.update(b)
+        assert np.isfinite(info["prior_loss"])
+        return float(np.abs(rl.eval_actions(test_obs) - start.eval_actions(test_obs)).mean())
+
+    free, held = drift(0.0), drift(20.0)
+    assert free > 0.05, free
+    assert held < 0.5 * free, (held, free)

@@ -283,3 +283,11 @@ def test_counterfactual_rows_and_per_task_balance(offline_env, dataset):
     parts, weights = split_by_task([data])
     assert sorted(p.ds.episode(0)["task"] for p in parts) == ["pick_red_block", "press_button"]
     assert np.allclose(weights, [0.5, 0.5])
+    # With dataset weights: each dataset's share, split equally among its own tasks (stage 2: the harvest's share).
+    parts, weights = split_by_task([PolicyData(dataset, ["front", "wrist"]),
+                                    PolicyData(dataset, ["front", "wrist"], tasks=["press_button"])], [0.8, 0.2])
+    assert [p.ds.episode(0)["task"] for p in parts] == ["pick_red_block", "press_button", "press_button"]
+    assert np.allclose(weights, [0.4, 0.4, 0.2])
+    from policy.data import DataError
+    with pytest.raises(DataError, match="mixture weights"):
+        split_by_task([PolicyData(dataset, ["front", "wrist"])], [0.5, 0.5])

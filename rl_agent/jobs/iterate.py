@@ -54,6 +54,9 @@ class IterateConfig:
     stage2: dict[str, Any] = field(default_factory=lambda: {"steps": 300})
     # share of harvested RL data in stage-2 batches (the rest: expert data); unused with stage2 balance: task
     stage2_rl_weight: float = 0.5
+    # with stage2 balance: task, the harvested sets' share of a batch (their tasks split it; the expert set's tasks
+    # split the rest equally). None: every task, harvested or expert, the same share.
+    stage2_rl_share: Optional[float] = None
     curriculum: list[str] = field(default_factory=lambda: ["pick_eggplant"])
     session_config: Optional[str] = "config/rl_session.yaml"
     session: dict[str, Any] = field(default_factory=dict)  # rl_agent.jobs.session.SessionConfig overrides
@@ -67,7 +70,7 @@ class IterateConfig:
     evaluate_stage0: bool = True
     evaluate_each_task: bool = True  # false: only after the last curriculum task (long evaluations, Table I)
     stage1: str = "inprocess"  # inprocess | ros (the rl_session graph on the twin: processes over DDS)
-    seed: int = 0
+    seed: int = 0  # the run's seed: the RL sessions', PPO's and stage 2's unless their own section names one
     # Task files the whole run uses (a path, or a shipped name: [metaworld]). With them the run stays on their
     # tasks: the expert set is their expert tasks, the evaluation their tasks, every cell reads them.
     task_files: list[str] = field(default_factory=list)
@@ -77,6 +80,8 @@ class IterateConfig:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if not 0.0 <= self.stage2_rl_weight < 1.0:
             raise ValueError("stage2_rl_weight must be in [0, 1)")
+        if self.stage2_rl_share is not None and not 0.0 < self.stage2_rl_share < 1.0:
+            raise ValueError("stage2_rl_share must be in (0, 1) or null")
         if self.stage1 not in ("inprocess", "ros"):
             raise ValueError(f"stage1 must be inprocess or ros, got {self.stage1!r}")
         if self.stage1 == "ros" and self.task_files:
@@ -186,13 +191,16 @@ def session_settings(cfg: IterateConfig, task: str) -> dict:
     base = merge_sections(session_section(_repo_path(cfg.session_config) if cfg.session_config else None),
                           cfg.session)
     base["task"] = task
+    if "seed" not in cfg.session and cfg.seed:  # seed 0: the session file's (keys of earlier runs stay valid)
+        base["seed"] = cfg.seed
     return base
 
 
 def rl_settings(cfg: IterateConfig, task: str) -> dict:
     """The RL half of a curriculum task: PPO's settings, or the stage-1 session's and how it runs."""
     if cfg.variant == "ppo_replay":
-        return {"ppo": cfg.ppo, "demos": session_settings(cfg, task).get("demos")}
+        return {"ppo": {"seed": cfg.seed, **cfg.ppo} if cfg.seed else cfg.ppo,
+                "demos": session_settings(cfg, task).get("demos")}
     return {"session": session_settings(cfg, task), "stage1": cfg.stage1}
 
 
@@ -212,10 +220,17 @@ def stage2(cfg: IterateConfig, run_dir: Path, ckpt: str, expert: Path, harvested
     n_rl = len(harvested)
     mix = [1.0 - cfg.stage2_rl_weight] + [cfg.stage2_rl_weight / n_rl] * n_rl if n_rl else []
     if cfg.stage2.get("balance") == "task":  # every task its share, the RL task beside each expert task
-        mix = []
+        w = cfg.stage2_rl_share
+        mix = [1.0 - w] + [w / n_rl] * n_rl if (n_rl and w is not None) else []
     mode = "frozen" if cfg.variant == "freeze" else "lora"
     _say(f"stage 2: supervised on expert + {n_rl} harvested set(s), VLM {mode}")
-    return str(_train(cfg.stage2, ckpt, [expert, *harvested], mix, run_dir / "tasks" / task / "stage2", mode))
+    return str(_train(stage2_settings(cfg), ckpt, [expert, *harvested], mix, run_dir / "tasks" / task / "stage2",
+                      mode))
+
+
+def stage2_settings(cfg: IterateConfig) -> dict:
+    """policy.train.TrainConfig overrides of stage 2 (and of PPO-Replay's expert replay), seeded by the run."""
+    return {"seed": cfg.seed, **cfg.stage2}
 
 
 def evaluate_stage(cfg: IterateConfig, run_dir: Path, ckpt: str, label: str, state: RunState) -> EvalReport:
@@ -265,7 +280,8 @@ def run_iterate(cfg: IterateConfig, run_dir: Path) -> list[EvalReport]:
             if done and state.get(f"task_key:{task}") is None:
                 state.set(f"task_key:{task}", "unrecorded")
             want = task_key(task, cfg.evaluation.task_files, ckpt, cfg.variant, rl_settings(cfg, task),
-                            {"stage2": cfg.stage2, "rl_weight": cfg.stage2_rl_weight,
+                            {"stage2": stage2_settings(cfg) if cfg.seed else cfg.stage2, "rl_weight": cfg.stage2_rl_weight,
+                             **({"rl_share": cfg.stage2_rl_share} if cfg.stage2_rl_share is not None else {}),
                              "skip_without_harvest": cfg.skip_stage2_without_harvest, "replay_steps": cfg.replay_steps},
                             expert)
             check_same_settings(state, f"task_key:{task}", want, f"the curriculum task {task}", _say)
@@ -275,11 +291,12 @@ def run_iterate(cfg: IterateConfig, run_dir: Path) -> list[EvalReport]:
             elif cfg.variant == "ppo_replay":
                 from rl_agent.ppo import PPOConfig, run_ppo
                 # the same demonstrations as the SAC session's (ppo.demos overrides; count 0: none)
-                pcfg = from_dict(PPOConfig, {"demos": session_settings(cfg, task).get("demos", {}), **cfg.ppo})
+                pcfg = from_dict(PPOConfig, {"demos": session_settings(cfg, task).get("demos", {}), "seed": cfg.seed,
+                                             **cfg.ppo})
                 _say(f"PPO on the whole VLA: {task}")
                 res = run_ppo(ckpt, task, pcfg, run_dir / "tasks" / task / "ppo")
                 _say("expert replay (supervised on the expert set)")
-                ckpt = str(_train(dict(cfg.stage2, steps=cfg.replay_steps), res["checkpoint"], [expert], [],
+                ckpt = str(_train(dict(stage2_settings(cfg), steps=cfg.replay_steps), res["checkpoint"], [expert], [],
                                   run_dir / "tasks" / task / "replay", "lora"))
                 state.set(f"task:{task}", ckpt)
             else:
@@ -351,6 +368,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--skip-stage0-eval", action="store_true",
                    help="do not evaluate the starting model (another run of the same checkpoint and seeds has it)")
     p.add_argument("--seeds", help="evaluation seeds ('0-19' or a count)")
+    p.add_argument("--seed", type=int, help="the run's seed (RL sessions, PPO, stage 2); evaluation seeds stay")
     from robot_server.usage import add_hidden_alias
     add_hidden_alias(p, "--run-dir", "--out", dest="out")  # the spellings before all commands shared --out
     add_hidden_alias(p, "--sft-checkpoint", "--checkpoint", dest="checkpoint")
@@ -371,6 +389,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg.__post_init__()
     if args.skip_stage0_eval:
         cfg.evaluate_stage0 = False
+    if args.seed is not None:
+        cfg.seed = args.seed
     if args.seeds:
         from policy.evaluate import parse_seeds
         cfg.evaluation.seeds = parse_seeds(args.seeds)

@@ -85,6 +85,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--checkpoint", help="start from this VLA checkpoint instead of the embedded default model")
     p.add_argument("--rl-minutes", type=float, help="RL session budget")
     p.add_argument("--seeds", help="evaluation seeds per task ('0-9' or a count)")
+    p.add_argument("--seed", type=int, help="the run's seed (RL session, stage 2); the evaluation seeds stay the same")
+    p.add_argument("--skip-stage0-eval", action="store_true",
+                   help="do not evaluate the starting model (another run of the same model and seeds has it)")
     p.add_argument("--skip-command", action="store_true", help="skip the ROS 2 language-command step")
     from robot_server.usage import add_hidden_alias
     add_hidden_alias(p, "--run-dir", "--out", dest="out")  # the spelling before all commands shared --out
@@ -97,6 +100,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     it.sft_checkpoint = ckpt
     if args.rl_minutes is not None:
         it.session["minutes"] = args.rl_minutes
+    if args.seed is not None:
+        it.seed = args.seed
+    if args.skip_stage0_eval:
+        it.evaluate_stage0 = False
     if args.seeds:
         from policy.evaluate import parse_seeds
         it.evaluation.seeds = parse_seeds(args.seeds)
