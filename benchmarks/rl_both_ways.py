@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def session_dict(task: str, minutes: float, seed: int, episodes: int = 0) -> dict:
+def session_dict(task: str, minutes: float, seed: int, episodes: int = 0, settings: tuple = ()) -> dict:
     """The main job's session settings (config/rl_session.yaml under main_job.yaml's iterate: session:)."""
     import yaml
 
@@ -30,12 +30,16 @@ def session_dict(task: str, minutes: float, seed: int, episodes: int = 0) -> dic
     base.update(task=task, minutes=minutes, seed=seed)
     if episodes:
         base["max_episodes"] = episodes
+    from rl_agent.jobs.session_cli import apply_setting
+    for item in settings:  # --set sac.bc_weight=0 ...: as irevla rl-session --set
+        apply_setting(base, item)
     return base
 
 
-def run_one(way: str, task: str, minutes: float, seed: int, ckpt: str, out: Path, episodes: int = 0) -> dict:
+def run_one(way: str, task: str, minutes: float, seed: int, ckpt: str, out: Path, episodes: int = 0,
+            settings: tuple = ()) -> dict:
     from rl_agent.session_config import SessionConfig
-    base = session_dict(task, minutes, seed, episodes)
+    base = session_dict(task, minutes, seed, episodes, settings)
     cfg = SessionConfig.from_dict(base)
     if way == "in-process":
         from rl_agent.jobs.session import run_session
@@ -72,12 +76,15 @@ def main(argv=None) -> int:
                     "same number both ways compares learning per episode, not per wall-clock minute")
     ap.add_argument("--checkpoint", default=str(REPO / "policy" / "default_model"))
     ap.add_argument("--out", default="runs/both_ways")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a session setting for both ways, e.g. --set sac.bc_weight=0 (as irevla rl-session --set)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     results: dict = {}
     for seed in args.seeds:
         for way in ("in-process", "ros2"):
-            r = run_one(way, args.task, args.minutes, seed, args.checkpoint, out / f"{way}_seed{seed}", args.episodes)
+            r = run_one(way, args.task, args.minutes, seed, args.checkpoint, out / f"{way}_seed{seed}", args.episodes,
+                        tuple(args.set))
             results.setdefault(way, {})[seed] = r
             print(f"{way} seed {seed}: {r}", flush=True)
     (out / "both_ways.json").write_text(json.dumps(results, indent=1))

@@ -298,3 +298,19 @@ def test_latent_env_passes_out_of_range_actions_to_the_safety_layer(tiny_ckpt):
         assert env.safety_stats["reasons"]["non-finite"] == 1
     finally:
         env.close()
+
+
+def test_set_overrides_any_session_setting_and_refuses_bad_ones():
+    """`irevla rl-session --set sac.bc_weight=0 --set demos.count=3`: the value is read as YAML into its section;
+    a malformed item or an unknown key is a clear error, not a silent default."""
+    from rl_agent.jobs.session_cli import build_parser, config_from_args
+    from teleop.config import ConfigError
+    base = ["--checkpoint", "x", "--out", "y", "--config", str(REPO / "config" / "rl_session.yaml")]
+    cfg = config_from_args(build_parser().parse_args(base + ["--set", "sac.bc_weight=0", "--set", "demos.count=3",
+                                                             "--set", "minutes=2.5"]))
+    assert cfg.sac["bc_weight"] == 0 and cfg.sac["prior_weight"] == 5.0 and cfg.demos.count == 3
+    assert cfg.minutes == 2.5
+    with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
+        config_from_args(build_parser().parse_args(base + ["--set", "sac.bc_weight"]))
+    with pytest.raises((ConfigError, ValueError, TypeError), match="nonsense"):
+        config_from_args(build_parser().parse_args(base + ["--set", "demos.nonsense=1"]))

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--classifier", help="SuccessClassifier path (with --reward classifier)")
     ap.add_argument("--checkpoint-every", type=int, help="checkpoint after this many new transitions")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm line")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="any other session setting, e.g. --set sac.bc_weight=0 (value read as YAML; repeatable)")
     return ap
 
 
@@ -61,7 +63,24 @@ def config_from_args(args) -> "SessionConfig":
         data.setdefault("env", {})["task_files"] = list(data.get("env", {}).get("task_files", [])) + args.task_file
     if args.no_progress:
         data.setdefault("log", {})["progress"] = False
+    for item in args.set:
+        apply_setting(data, item)
     return SessionConfig.from_dict(data)
+
+
+def apply_setting(data: dict, item: str) -> None:
+    """`section.key=value` (or `key=value`) into the session dict; the value is read as YAML (numbers, lists)."""
+    import yaml
+    path, sep, text = item.partition("=")
+    keys = [k for k in path.strip().split(".") if k]
+    if not sep or not keys:
+        raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. sac.bc_weight=0")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {item!r}: {k!r} is not a section")
+    node[keys[-1]] = yaml.safe_load(text)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
