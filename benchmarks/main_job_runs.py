@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time
@@ -58,18 +57,8 @@ def rates(episodes: list[dict], key: str) -> dict[str, tuple[int, int]]:
     return {name: (k, n) for name, (k, n) in out.items()}
 
 
-def mean_t(values: list[float]) -> str:
-    n = len(values)
-    m = sum(values) / n
-    if n < 2:
-        return f"{m:.2f}"
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78}.get(n, 2.0)  # Student t, 95 %
-    return f"{m:.2f} ± {t * sd / math.sqrt(n):.2f}"
-
-
 def table(key: str, sft: dict, after: list[dict], seeds: list[int]) -> list[str]:
-    from policy.evaluate import wilson_interval
+    from policy.evaluate import mean_t_interval, wilson_interval
     names = list(sft)
     lines = [f"| {key} | SFT (default model) | " + " | ".join(f"seed {s}" for s in seeds) +
              " | mean over runs (95 % t) | pooled runs [95 % Wilson] (episodes) |",
@@ -81,7 +70,7 @@ def table(key: str, sft: dict, after: list[dict], seeds: list[int]) -> list[str]
         ks, ns = sum(a[name][0] for a in after), sum(a[name][1] for a in after)
         lo, hi = wilson_interval(ks, ns)
         lines.append(f"| {name} | {k0 / n0:.2f} [{lo0:.2f}, {hi0:.2f}] ({n0}) | " +
-                     " | ".join(f"{p:.2f}" for p in per) + f" | {mean_t(per)} | {ks / ns:.2f} [{lo:.2f}, {hi:.2f}] ({ns}) |")
+                     " | ".join(f"{p:.2f}" for p in per) + f" | {mean_t_interval(per)} | {ks / ns:.2f} [{lo:.2f}, {hi:.2f}] ({ns}) |")
     return lines
 
 

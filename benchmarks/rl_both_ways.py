@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -57,16 +56,6 @@ def run_one(way: str, task: str, minutes: float, seed: int, ckpt: str, out: Path
             "demos": demo_line.split("actor: ", 1)[-1] if demo_line else "?"}
 
 
-def mean_ci(values: list[float]) -> str:
-    n = len(values)
-    m = sum(values) / n
-    if n < 2:
-        return f"{m:.2f}"
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78}.get(n, 2.0)  # Student t, 95 %
-    return f"{m:.2f} ± {t * sd / math.sqrt(n):.2f}"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -99,9 +88,10 @@ def main(argv=None) -> int:
             last = "-" if r["success_last20"] is None else f"{r['success_last20']:.2f}"
             lines.append(f"| {way} | {seed} | {r['demos']} | {r['episodes']} | {r['env_steps']} | {r['updates']} | "
                          f"{r['successes']}/{r['episodes']} | {last} |")
+    from policy.evaluate import mean_t_interval
     lines += ["", "| way | success over the last 20 episodes, mean ± 95 % t-interval over seeds |", "|---|---|"]
     for way, per_seed in results.items():
-        lines.append(f"| {way} | {mean_ci([r['success_last20'] or 0.0 for r in per_seed.values()])} |")
+        lines.append(f"| {way} | {mean_t_interval([r['success_last20'] or 0.0 for r in per_seed.values()])} |")
     (out / "both_ways.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -69,6 +69,18 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mean_t_interval(values: Sequence[float]) -> str:
+    """'mean ± half-width' of a 95 % Student-t interval over a few runs (learning results: the mean of seeded
+    runs); one run: just the mean."""
+    n = len(values)
+    m = sum(values) / n
+    if n < 2:
+        return f"{m:.2f}"
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78}.get(n, 2.0)
+    return f"{m:.2f} ± {t * sd / math.sqrt(n):.2f}"
 
 
 class VLAPolicy:
