@@ -182,8 +182,10 @@ class SACAgent(struct.PyTreeNode):
             err = jnp.sum((actions - batch["actions"].astype(jnp.float32)) ** 2, axis=-1)
             bc = jnp.sum(w * err) / jnp.maximum(jnp.sum(w), 1.0)
             # every row: the sampled action against the starting actor's deterministic action at that state
-            prior = jnp.tanh(jax.lax.stop_gradient(self._policy(self.prior_actor_params, obs)[0]))
-            prior_err = jnp.mean(jnp.sum((actions - prior) ** 2, axis=-1))
+            prior_err = jnp.zeros(())
+            if self.config.prior_weight > 0:  # static: no second actor pass for SERL's plain SAC
+                prior = jnp.tanh(jax.lax.stop_gradient(self._policy(self.prior_actor_params, obs)[0]))
+                prior_err = jnp.mean(jnp.sum((actions - prior) ** 2, axis=-1))
             total = loss + self.config.bc_weight * bc + self.config.prior_weight * prior_err
             return total, {"actor_loss": loss, "bc_loss": bc, "prior_loss": prior_err, "entropy": -log_prob.mean(),
                            "actor_std": jnp.exp(log_std).mean()}
