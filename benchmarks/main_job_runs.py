@@ -26,7 +26,7 @@ CHECKS = {"rl_gain": 0.3, "expert_drop": 0.03}  # issue 12: RL task +0.3 or more
 
 def run_main_job(seed: int, out: Path, first: bool) -> float:
     """One `irevla demo` run; returns its wall-clock minutes (0 when it was already finished)."""
-    if (out / "results.md").exists() and (out / "state.json").exists() and _after_episodes(out):
+    if (out / "results.md").exists() and (out / "state.json").exists() and after_episodes(out):
         return 0.0
     exe = Path(sys.executable).parent / "irevla"
     cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "robot_server.cli"]),
@@ -42,7 +42,7 @@ def run_main_job(seed: int, out: Path, first: bool) -> float:
     return (time.perf_counter() - t0) / 60.0
 
 
-def _after_episodes(run: Path):
+def after_episodes(run: Path):
     found = sorted((run / "eval").glob("after_*/episodes.json"))
     return json.loads(found[-1].read_text()) if found else None
 
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         print(f"seed {seed}: {minutes[seed]:.1f} min", flush=True)
     first = out / f"seed{args.seeds[0]}"
     sft_eps = json.loads((first / "eval" / "sft" / "episodes.json").read_text())
-    after_eps = [_after_episodes(out / f"seed{s}") for s in args.seeds]
+    after_eps = [after_episodes(out / f"seed{s}") for s in args.seeds]
     result = {"seeds": args.seeds, "minutes": minutes, "sft": sft_eps, "after": after_eps}
     (out / "main_job_runs.json").write_text(json.dumps(result))
     lines = [f"# The main job, {len(args.seeds)} runs (seeds {args.seeds})", "",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
+from robot_server.rollout import run_steps
 from sim_twin import seeds
 
 if TYPE_CHECKING:
@@ -36,8 +37,8 @@ class EpisodeResult:
 
 
 class EpisodeRunner:
-    """One episode in a LatentEnv with a reward source and (optionally) human interventions. Used by the session,
-    the evaluation and the ROS actor node alike."""
+    """One episode in a LatentEnv with a reward source and (optionally) human interventions, through the one
+    rollout loop (robot_server.rollout.run_steps). Used by the session, the evaluation and the ROS actor node alike."""
 
     def __init__(self, env, reward, interventions=None, prepare: Callable[[dict], dict] = lambda o: o):
         self.env, self.reward, self.iv, self.prepare = env, reward, interventions, prepare
@@ -59,8 +60,12 @@ class EpisodeRunner:
             on_reset(prepared[0])
         actions, rewards, dones, intervened = [], [], [], []
         success = False
-        while True:
-            a = np.asarray(policy(prepared[-1], obs), np.float32)
+
+        def act(raw_obs):
+            return np.asarray(policy(prepared[-1], raw_obs), np.float32)
+
+        def step(a):
+            nonlocal success
             events: tuple = ()
             took = False
             if use_iv:
@@ -75,12 +80,12 @@ class EpisodeRunner:
             if on_step is not None:
                 on_step(prepared[-1], a, verdict, next_prepared, took)
             prepared.append(next_prepared)
-            obs = next_obs
             success = success or verdict.success
             if verdict.end:
                 env.trace.ended_by = verdict.source
-            if verdict.end or truncated or (should_stop is not None and should_stop()):
-                break
+            return next_obs, verdict.end or truncated
+
+        run_steps(obs, act, step, should_stop=should_stop)
         env.trace.success = success
         return EpisodeResult(prepared, np.asarray(actions, np.float32), np.asarray(rewards, np.float32),
                              np.asarray(dones, bool), intervened, env.trace)

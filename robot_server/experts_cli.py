@@ -11,20 +11,15 @@ from concurrent.futures import ProcessPoolExecutor
 
 def run_task(task: str, seeds: list[int], noise: float, task_files: tuple[str, ...] = ()) -> dict:
     from robot_server.gym_env import make_env
+    from robot_server.rollout import rollout
     env = make_env(task, render_images=False, task_files=task_files)
     ok, steps, t0 = 0, 0, time.perf_counter()
     lengths = []
     for seed in seeds:
-        env.reset(seed=seed)
-        n = 0
-        while True:
-            _, _, term, trunc, _ = env.step(env.expert_action(noise))
-            n += 1
-            if term or trunc:
-                break
-        ok += int(term)
-        steps += n
-        lengths.append(n)
+        r = rollout(env, lambda obs, instruction: env.expert_action(noise), seed)
+        ok += int(r.success)
+        steps += r.steps
+        lengths.append(r.steps)
     env.close()
     return {"task": task, "category": env.twin.task.category, "success": ok, "episodes": len(seeds),
             "mean_len": sum(lengths) / len(lengths), "steps_per_s": steps / (time.perf_counter() - t0)}

@@ -107,3 +107,36 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
         assert imports_of(pkg / "y.py", "rl_agent.y") >= {"rl_agent.jobs.main_job", "rl_agent.actor_node"}
     finally:
         ROOT = saved
+
+
+def _receiver(call: ast.Call) -> str:
+    v = call.func.value
+    return v.id if isinstance(v, ast.Name) else v.attr if isinstance(v, ast.Attribute) else ""
+
+
+def episode_loops(tree: ast.AST) -> list[int]:
+    """Line numbers of functions that reset an env and then step it in a loop: an episode loop of their own."""
+    def env_calls(node, method):
+        return [n for n in ast.walk(node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                and n.func.attr == method and "env" in _receiver(n).lower()]
+    found = []
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and env_calls(fn, "reset"):
+            loops = [n for n in ast.walk(fn) if isinstance(n, (ast.For, ast.While))]
+            if any(env_calls(loop, "step") for loop in loops):
+                found.append(fn.lineno)
+    return found
+
+
+def test_one_rollout_loop():
+    """Evaluation, collection, `irevla experts`, PPO and the RL episodes all run robot_server.rollout.run_steps;
+    no library keeps an episode loop of its own."""
+    own = {name: lines for name, path in modules().items()
+           if (lines := episode_loops(ast.parse(path.read_text(encoding="utf-8"))))}
+    assert not own, f"episode loops outside robot_server.rollout.run_steps: {own}"
+
+
+def test_the_loop_checker_finds_an_episode_loop():
+    old = ("def run(env, policy):\n    obs, info = env.reset(0)\n    while True:\n"
+           "        obs, r, term, trunc, info = env.step(policy(obs))\n        if term or trunc:\n            break\n")
+    assert episode_loops(ast.parse(old)) == [1]

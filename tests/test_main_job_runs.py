@@ -47,3 +47,58 @@ def test_table_means_runs_pools_episodes_and_checks_the_issue_goals(tmp_path, mo
     md = (tmp_path / "main_job_runs.md").read_text()
     assert "| RL task gain >= 0.3 | no | 0.40 -> 0.70 |" in md and "| expert drop <= 0.03 | yes | 1.00 -> 0.98 |" in md
     assert "| unseen >= SFT | no |" in md
+
+
+def _load(name: str):
+    import sys
+    sys.path.insert(0, str(ROOT))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _finished_run(d: Path, eps: list[dict], sft: list[dict] | None = None) -> None:
+    (d / "eval" / "after_pick_green_can").mkdir(parents=True)
+    (d / "eval" / "after_pick_green_can" / "episodes.json").write_text(json.dumps(eps))
+    (d / "results.md").write_text("done")
+    if sft is not None:
+        (d / "eval" / "sft").mkdir()
+        (d / "eval" / "sft" / "episodes.json").write_text(json.dumps(sft))
+
+
+def test_baselines_run_each_variant_and_seed_once_and_table_them(tmp_path, monkeypatch):
+    """benchmarks/baselines.py: one `irevla iterate` per variant and seed, the first evaluating the starting model,
+    the others skipping it; finished runs read back, --reuse'd ones never run; one row per variant."""
+    bench = _load("baselines")
+    sft = _episodes({"pick_red_block": 1.0, "pick_green_can": 0.4, "press_blue_button": 0.5})
+    green = {("freeze", 0): 0.5, ("freeze", 1): 0.6, ("ppo_replay", 0): 0.3, ("ppo_replay", 1): 0.4}
+    calls = []
+
+    def fake_call(cmd, **_):  # stands in for `irevla iterate`: writes what a finished run leaves
+        variant, seed = cmd[cmd.index("--variant") + 1], int(cmd[cmd.index("--seed") + 1])
+        calls.append((variant, seed, "--skip-stage0-eval" in cmd))
+        out = Path(cmd[cmd.index("--out") + 1])
+        _finished_run(out, _episodes({"pick_red_block": 0.95, "pick_green_can": green[variant, seed],
+                                      "press_blue_button": 0.5}), None if "--skip-stage0-eval" in cmd else sft)
+        return 0
+
+    monkeypatch.setattr(bench.subprocess, "call", fake_call)
+    main_job = tmp_path / "main_job_runs"
+    for s, g in ((0, 0.7), (1, 0.8)):
+        _finished_run(main_job / f"seed{s}", _episodes({"pick_red_block": 1.0, "pick_green_can": g,
+                                                        "press_blue_button": 0.55}))
+    out = tmp_path / "base"
+    argv = ["--seeds", "0", "1", "--out", str(out), "--reuse", f"irevla={main_job}"]
+    assert bench.main(argv) == 0
+    assert calls == [("freeze", 0, False), ("freeze", 1, True), ("ppo_replay", 0, True), ("ppo_replay", 1, True)]
+    md = (out / "baselines.md").read_text()
+    row = {line.split(" | ")[0]: line for line in md.splitlines() if line.startswith("| ")}
+    assert "| 0.75 ± 0.64 (0.70 / 0.80); pooled 0.75 [0.60, 0.86] (40) |" in row["| iRe-VLA (seeds 0, 1)"]
+    assert "| 0.55 ± 0.64 (0.50 / 0.60); pooled " in row["| iRe-VLA-freeze (seeds 0, 1)"]
+    assert row["| SFT (starting model)"].startswith("| SFT (starting model) | 1.00 [0.84, 1.00] (20) | 0.40 [0.22, 0.61]")
+    calls.clear()
+    assert bench.main(argv) == 0 and calls == []  # all finished: read back, nothing reruns
+    import pytest
+    with pytest.raises(SystemExit, match="no finished run"):
+        bench.main(["--seeds", "0", "2", "--out", str(out), "--reuse", f"irevla={main_job}"])
