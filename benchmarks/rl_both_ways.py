@@ -65,13 +65,14 @@ def main(argv=None) -> int:
                     "same number both ways compares learning per episode, not per wall-clock minute")
     ap.add_argument("--checkpoint", default=str(REPO / "policy" / "default_model"))
     ap.add_argument("--out", default="runs/both_ways")
+    ap.add_argument("--ways", nargs="+", choices=("in-process", "ros2"), default=["in-process", "ros2"])
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="a session setting for both ways, e.g. --set sac.bc_weight=0 (as irevla rl-session --set)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     results: dict = {}
     for seed in args.seeds:
-        for way in ("in-process", "ros2"):
+        for way in args.ways:
             r = run_one(way, args.task, args.minutes, seed, args.checkpoint, out / f"{way}_seed{seed}", args.episodes,
                         tuple(args.set))
             results.setdefault(way, {})[seed] = r
@@ -92,6 +93,19 @@ def main(argv=None) -> int:
     lines += ["", "| way | success over the last 20 episodes, mean ± 95 % t-interval over seeds |", "|---|---|"]
     for way, per_seed in results.items():
         lines.append(f"| {way} | {mean_t_interval([r['success_last20'] or 0.0 for r in per_seed.values()])} |")
+    lines += ["", "| way | successes over all RL episodes, pooled [95 % Wilson] |", "|---|---|"]
+    from policy.evaluate import wilson_interval
+    pooled = {way: (sum(r["successes"] for r in per_seed.values()), sum(r["episodes"] for r in per_seed.values()))
+              for way, per_seed in results.items()}
+    for way, (k, n) in pooled.items():
+        lo, hi = wilson_interval(k, n)
+        lines.append(f"| {way} | {k}/{n} = {k / n:.2f} [{lo:.2f}, {hi:.2f}] |")
+    if len(pooled) == 2:
+        from scipy.stats import fisher_exact
+        (k1, n1), (k2, n2) = pooled.values()
+        p_value = fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue
+        lines += ["", f"Fisher's exact test, pooled successes of the two ways: p = {p_value:.3g} "
+                      f"({'a difference beyond noise' if p_value < 0.05 else 'within noise'} at 0.05)."]
     (out / "both_ways.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

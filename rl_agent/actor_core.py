@@ -178,6 +178,7 @@ def send_demos(core: ActorCore, runner, encoder, out: Path, count: int, source: 
     from rl_agent.session_config import DemoConfig
     store = out / "actor_demos"
     files = sorted(store.glob("chunk_*.npz"))
+    failed: list[dict] = []  # the failed attempts' episodes, sent after the demos (below)
     if not files and count > 0:
         store.mkdir(parents=True, exist_ok=True)
         chunks: list[dict] = []
@@ -195,7 +196,7 @@ def send_demos(core: ActorCore, runner, encoder, out: Path, count: int, source: 
             chunks.append(episode_chunk(res))
 
         def on_failed(res):  # a failed VLA attempt is real off-policy data: the online buffer, as in-process
-            send(tp.KIND_TRANSITIONS, episode_chunk(res))
+            failed.append(episode_chunk(res))
 
         stats = collect_demos(runner, encoder, DemoConfig(count=count, source=source, max_attempts=max_attempts),
                               seed, on_demo, on_failed,
@@ -212,5 +213,10 @@ def send_demos(core: ActorCore, runner, encoder, out: Path, count: int, source: 
         send(tp.KIND_DEMOS, chunk)
     if files:
         log(f"actor: sent {len(files)} demo episode(s)")
+    # The failed attempts' transitions go online only now, after the demos: the learner's first updates (at
+    # learning_starts online transitions) then see the demos, as the in-process session's do (it trains from the
+    # first RL step on). Sent as they came, the learner spent ~1,000 updates on failures alone before any demo.
+    for chunk in failed:
+        send(tp.KIND_TRANSITIONS, chunk)
     return len(files)
 
