@@ -73,19 +73,23 @@ class RosLatentEnv:
         response.success, response.message = True, "episode starts"
         return response
 
-    def _next_obs(self, after: float = 0.0, timeout: float = 5.0) -> tuple[dict, str]:
-        """The first latent newer than the last one used and received after `after` (monotonic time)."""
+    def _next_obs(self, taken_after: float, timeout: float = 5.0) -> tuple[dict, str]:
+        """The first latent newer than the last one used whose newest camera frame was taken at or after
+        `taken_after` (wall clock, the frames' stamps). The frame's stamp, not the latent's arrival: a latent that
+        arrives after the action (or the reset) can still encode frames from before it (the policy server's encode
+        takes tens of ms), and the agent would act on a world one step old."""
         deadline = time.monotonic() + timeout
         with self._cv:
             while not self.stop.is_set():
-                if self._latest is not None and self._latest[0] > self._last_id and self._latest[3] >= after:
+                if self._latest is not None and self._latest[0] > self._last_id and self._latest[4] >= taken_after:
                     self._last_id = self._latest[0]
                     self._obs_stamp = self._latest[4]
                     return self._latest[1], self._latest[2]
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"no new latents on the policy server's topic for {timeout:.0f} s "
-                                       "(is policy/server_node.py running with latents enabled?)")
+                    raise TimeoutError(f"no latents of frames newer than the last action on the policy server's "
+                                       f"topic for {timeout:.0f} s (is policy/server_node.py running with latents "
+                                       "enabled, and are the cameras' stamps on this host's clock?)")
                 self._cv.wait(min(left, 0.2))
         raise InterruptedError("stopping")
 
@@ -131,7 +135,7 @@ class RosLatentEnv:
         if self.keep_images and not self.client.wait_ready(timeout_s=10.0):
             self.log("actor: no camera frames or robot state on the actor's own subscriptions yet (harvest)")
         # A frame of the reset scene, taken after this node receives the cameras: its frames reach the harvest too.
-        obs, instruction = self._next_obs(after=time.monotonic())
+        obs, instruction = self._next_obs(taken_after=time.time())
         self._steps = 0
         self.trace = self._trace_cls(self.task, instruction, int(seed), self.category)
         self._keep_frames()
@@ -174,8 +178,8 @@ class RosLatentEnv:
             time.sleep(wait)
         self.client.send_action(a)
         self._t_last = time.monotonic()
-        # the next observation: a frame taken at least half a control period after the action went out
-        obs, _ = self._next_obs(after=self._t_last + 0.5 * self.dt)
+        # the next observation: frames taken at least half a control period after the action went out
+        obs, _ = self._next_obs(taken_after=time.time() + 0.5 * self.dt)
         self._steps += 1
         self._keep_frames()
         success = bool(self.client.success)
