@@ -46,16 +46,13 @@ def train_forever(core: LearnerCore, inbox: deque, wake: threading.Event, stop: 
         while inbox:
             m = inbox.popleft()
             core.ingest(m.sender, m.kind, m.seq, m.format, m.data)
-        if not core.train_step():
-            wake.wait(0.05)
-            wake.clear()
-            continue
-        if core.due_push():
+        trained = core.train_step()
+        if trained and core.due_push():
             push(*core.params_payload())
-        if core.checkpoint_due():
+        if trained and core.checkpoint_due():
             checkpoint()
         now = time.monotonic()
-        if now - last_tb >= 2.0:
+        if trained and now - last_tb >= 2.0:
             tb.scalars(core.updates, {**{f"learner/{k}": v for k, v in core.scalar_info().items()},
                                       "buffer/online": len(core.online), "buffer/demo": len(core.demo),
                                       "perf/updates_per_s": (core.updates - tb_u0) / (now - last_tb),
@@ -65,4 +62,7 @@ def train_forever(core: LearnerCore, inbox: deque, wake: threading.Event, stop: 
             log(f"learner: {core.updates} updates ({(core.updates - u0) / (now - last_report):.1f}/s), params "
                 f"v{core.params_version}, online {len(core.online)}, demo {len(core.demo)}, "
                 f"received {core.received}, rejected {core.rejected}")
-            last_report, u0 = now, core.updates
+            last_report, u0 = now, core.updates  # also while waiting for data: what it has received so far
+        if not trained:
+            wake.wait(0.05)
+            wake.clear()

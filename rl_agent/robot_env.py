@@ -35,6 +35,7 @@ class RosLatentEnv:
         self.keep_images, self.cameras = bool(keep_images), tuple(cameras)
         self.client = RobotClient(node, self.cameras if self.keep_images else (), history=10, joints=self.keep_images)
         self.frame_wait_s = 1.0
+        self.act_margin_s = 0.01  # the actor's compute between an observation and its action
         self.trace = None
         self.task, self.category = "", ""
         self._cv = threading.Condition()
@@ -73,14 +74,19 @@ class RosLatentEnv:
         response.success, response.message = True, "episode starts"
         return response
 
-    def _next_obs(self, taken_after: float, timeout: float = 5.0) -> tuple[dict, str]:
-        """The first latent newer than the last one used whose newest camera frame was taken at or after
-        `taken_after` (wall clock, the frames' stamps). The frame's stamp, not the latent's arrival: a latent that
-        arrives after the action (or the reset) can still encode frames from before it (the policy server's encode
-        takes tens of ms), and the agent would act on a world one step old."""
-        deadline = time.monotonic() + timeout
+    def _next_obs(self, taken_after: float, not_before: float = 0.0, timeout: float = 5.0) -> tuple[dict, str]:
+        """The newest latent at `not_before` (monotonic: the next control tick), of camera frames taken at or after
+        `taken_after` (wall clock, the frames' stamps); waits past the tick for one if there is none yet. The
+        frames' stamp, not the latent's arrival, decides: a latent that arrives after the action can still encode
+        frames from before it (the policy server's encode takes tens of ms), and the agent would act on a world
+        one step old."""
+        deadline = max(time.monotonic(), not_before) + timeout
         with self._cv:
             while not self.stop.is_set():
+                early = not_before - time.monotonic()
+                if early > 0:
+                    self._cv.wait(early)
+                    continue
                 if self._latest is not None and self._latest[0] > self._last_id and self._latest[4] >= taken_after:
                     self._last_id = self._latest[0]
                     self._obs_stamp = self._latest[4]
@@ -177,9 +183,11 @@ class RosLatentEnv:
         if wait > 0:
             time.sleep(wait)
         self.client.send_action(a)
+        sent = time.time()
         self._t_last = time.monotonic()
-        # the next observation: frames taken at least half a control period after the action went out
-        obs, _ = self._next_obs(taken_after=time.time() + 0.5 * self.dt)
+        # The next observation, as on a real arm: the action holds one control period, then the newest latents of
+        # frames taken after it went out (a few ms early, for the actor's own compute).
+        obs, _ = self._next_obs(taken_after=sent, not_before=self._t_last + self.dt - self.act_margin_s)
         self._steps += 1
         self._keep_frames()
         success = bool(self.client.success)

@@ -147,6 +147,8 @@ def test_scripted_expert_demos_over_ros_on_the_twin_cell(tmp_path):
                                       "reward:=twin", "demos:=1", "demo_source:=expert",
                                       "learning_starts:=100000")) as proc:
         _wait_for(tmp_path / "run.log", r"actor: sent 1 demo episode", 300, proc=proc)
+        # sent is not yet received: stopping the graph at once could beat the demo to the learner
+        _wait_for(tmp_path / "run.log", r"learner: .*'demos': [1-9]", 60, proc=proc)
     text = (tmp_path / "run.log").read_text(errors="replace")
     assert "actor: 1 demos (0 VLA in 0 attempts, 1 expert)" in text and "Traceback" not in text, text[-4000:]
     from teleop import storage
