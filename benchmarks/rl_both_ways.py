@@ -46,14 +46,30 @@ def run_one(way: str, task: str, minutes: float, seed: int, ckpt: str, out: Path
         demos = s.get("demos") or {}
         return {"episodes": s["episodes"], "env_steps": s["env_steps"], "updates": s["updates"],
                 "success_last20": s["success_last20"], "successes": round((s["train_success_rate"] or 0) * s["episodes"]),
-                "demos": f"{demos.get('vla', 0)} VLA + {demos.get('expert', 0)} scripted"}
+                "demos": f"{demos.get('vla', 0)} VLA + {demos.get('expert', 0)} scripted",
+                "control": "none: exact 100 ms steps"}
     from rl_agent.jobs.ros_stage1 import run_ros_session
     s = run_ros_session(ckpt, cfg, out, timeout_s=60.0 * minutes + 900.0)
     log = (out / "graph.log").read_text(errors="replace")
     demo_line = next((ln for ln in log.splitlines() if "actor: " in ln and " demos (" in ln), "")
     return {"episodes": s["episodes"], "env_steps": s["env_steps"], "updates": s["updates"],
             "success_last20": s["success_last20"], "successes": s["successes"],
-            "demos": demo_line.split("actor: ", 1)[-1] if demo_line else "?"}
+            "demos": demo_line.split("actor: ", 1)[-1] if demo_line else "?",
+            "control": control_timing(out / "actor" / "episodes.jsonl")}
+
+
+def control_timing(episodes_jsonl: Path) -> str:
+    """The ROS actor's control timing over its RL episodes (RosLatentEnv.episode_timing): mean observation age at
+    each action, mean step period, the twin's real-time slips in all. "-" for runs that did not record it."""
+    import numpy as np
+    recs = [json.loads(ln) for ln in episodes_jsonl.read_text().splitlines() if ln.strip()] \
+        if episodes_jsonl.exists() else []
+    ages = [r["obs_age_ms"] for r in recs if r.get("obs_age_ms") is not None]
+    steps = [r["step_ms"] for r in recs if r.get("step_ms") is not None]
+    if not ages:
+        return "-"
+    slips = sum(int(r.get("sim_slips") or 0) for r in recs)
+    return f"{np.mean(ages):.0f} ms / {np.mean(steps):.0f} ms / {slips}"
 
 
 def main(argv=None) -> int:
@@ -82,13 +98,14 @@ def main(argv=None) -> int:
     lines = [f"# Stage 1 both ways: {args.task}, {budget} per session, seeds {args.seeds}", "",
              f"`python benchmarks/rl_both_ways.py --seeds {' '.join(map(str, args.seeds))} --task {args.task} "
              f"--minutes {args.minutes:g} --episodes {args.episodes} --out {args.out}`", "",
-             "| way | seed | demos | episodes | env steps | updates | successes | success, last 20 episodes |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| way | seed | demos | episodes | env steps | updates | successes | success, last 20 episodes | "
+             "observation age / step period / twin slips |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for way, per_seed in results.items():
         for seed, r in per_seed.items():
             last = "-" if r["success_last20"] is None else f"{r['success_last20']:.2f}"
             lines.append(f"| {way} | {seed} | {r['demos']} | {r['episodes']} | {r['env_steps']} | {r['updates']} | "
-                         f"{r['successes']}/{r['episodes']} | {last} |")
+                         f"{r['successes']}/{r['episodes']} | {last} | {r.get('control', '-')} |")
     from policy.evaluate import mean_t_interval
     lines += ["", "| way | success over the last 20 episodes, mean ± 95 % t-interval over seeds |", "|---|---|"]
     for way, per_seed in results.items():

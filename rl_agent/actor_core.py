@@ -35,6 +35,7 @@ class ActorParams:
     reward: str = "twin"
     classifier: str = ""
     rate_hz: float = 10.0
+    observe_after: float = 1.0  # robot mode: observe the arm this many control periods after each action
     chunk_steps: int = 10
     heartbeat_period_s: float = 0.5
     learner_timeout_s: float = 3.0

@@ -90,7 +90,7 @@ def run_actor(p: ActorParams, core: ActorCore, runner, env, encoder, send: Calla
         status.successes += int(res.trace.success)
         elog.extra.update(demos=status.demos, transitions_sent=core.env_steps, params_version=core.params_version)
         elog.add(res.trace.success, len(res.actions), res.trace.interventions, core.params_version,
-                 res.trace.ended_by or "")
+                 res.trace.ended_by or "", **env.episode_timing())
         how = f"success ({res.trace.ended_by})" if res.trace.success else "failure"
         took = f", {res.trace.interventions} intervention(s)" if interventions else ""
         log(f"actor: episode {ep}: {how} in {len(res.actions)} steps (params v{core.params_version}, "

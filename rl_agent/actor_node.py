@@ -145,7 +145,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         env = RosLatentEnv(node, encoder.latent_shape, int(p.max_episode_steps) or 100, float(p.rate_hz),
                            bool(p.auto_reset), stop, log=logger.info, keep_images=bool(p.harvest),
-                           cameras=tuple(encoder.cameras))
+                           cameras=tuple(encoder.cameras), observe_after=float(p.observe_after))
         env.task, env.category = p.task, task_category(p.task, p.task_file)
         env.task_files = tuple(f for f in p.task_file.split(",") if f)
     harvest = ActorHarvest(out / "harvest", tuple(encoder.cameras), p.actor_id, logger) if p.harvest else None

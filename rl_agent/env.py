@@ -200,5 +200,9 @@ class LatentEnv:
     def expert_action(self, noise: float = 0.0) -> np.ndarray:
         return self.env.expert_action(noise)
 
+    def episode_timing(self) -> dict:
+        """Control timing for the episode log: none here (the twin steps exactly one control period per action)."""
+        return {}
+
     def close(self) -> None:
         self.env.close()

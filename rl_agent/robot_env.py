@@ -19,7 +19,7 @@ class RosLatentEnv:
 
     def __init__(self, node, latent_shape, max_episode_steps: int = 100, rate_hz: float = 10.0,
                  auto_reset: bool = True, stop: Optional[threading.Event] = None, log=print,
-                 keep_images: bool = False, cameras: tuple = ("front", "wrist")):
+                 keep_images: bool = False, cameras: tuple = ("front", "wrist"), observe_after: float = 1.0):
         from irevla_interfaces.msg import Latent
         from std_srvs.srv import Trigger
 
@@ -36,10 +36,18 @@ class RosLatentEnv:
         self.client = RobotClient(node, self.cameras if self.keep_images else (), history=10, joints=self.keep_images)
         self.frame_wait_s = 1.0
         self.act_margin_s = 0.01  # the actor's compute between an observation and its action
+        # The observation after an action shows the arm this fraction of a control period after the action went out.
+        # 1.0 (default): the arm at the end of the action's period, as the in-process env and the expert set see it;
+        # the loop then runs slower than control_hz by the encode latency (the arm holds meanwhile: the watchdog).
+        # Lower values observe the arm while the action still runs: a faster loop that acts on a moving arm.
+        if not 0.0 <= float(observe_after) <= 2.0:
+            raise ValueError(f"observe_after must be in [0, 2] control periods, got {observe_after}")
+        self.observe_after = float(observe_after)
+        self._timing: dict = {}
         self.trace = None
         self.task, self.category = "", ""
         self._cv = threading.Condition()
-        self._latest: Optional[tuple] = None  # (obs_id, obs, instruction, recv time, frames' stamp)
+        self._latest: Optional[tuple] = None  # (obs_id, obs, instruction, frames' stamp)
         self._start = threading.Event()
         node.create_subscription(Latent, ri.TOPIC_POLICY_LATENTS, self._on_latent, ri.LATENT_QOS)
         node.create_service(Trigger, f"{tp.NS}/start_episode", self._on_start)
@@ -66,7 +74,7 @@ class RosLatentEnv:
         obs = {"latents": lat, "state": np.asarray(msg.state, np.float32)}
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         with self._cv:
-            self._latest = (int(msg.obs_id), obs, msg.instruction, time.monotonic(), stamp)
+            self._latest = (int(msg.obs_id), obs, msg.instruction, stamp)
             self._cv.notify_all()
 
     def _on_start(self, request, response):
@@ -87,9 +95,9 @@ class RosLatentEnv:
                 if early > 0:
                     self._cv.wait(early)
                     continue
-                if self._latest is not None and self._latest[0] > self._last_id and self._latest[4] >= taken_after:
+                if self._latest is not None and self._latest[0] > self._last_id and self._latest[3] >= taken_after:
                     self._last_id = self._latest[0]
-                    self._obs_stamp = self._latest[4]
+                    self._obs_stamp = self._latest[3]
                     return self._latest[1], self._latest[2]
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -143,6 +151,7 @@ class RosLatentEnv:
         # A frame of the reset scene, taken after this node receives the cameras: its frames reach the harvest too.
         obs, instruction = self._next_obs(taken_after=time.time())
         self._steps = 0
+        self._timing = {"obs_age": [], "period": [], "shown_after": [], "slips0": self._sim_slips(), "t_send": None}
         self.trace = self._trace_cls(self.task, instruction, int(seed), self.category)
         self._keep_frames()
         self._t_last = time.monotonic()
@@ -185,9 +194,13 @@ class RosLatentEnv:
         self.client.send_action(a)
         sent = time.time()
         self._t_last = time.monotonic()
+        self._note_timing(sent)
         # The next observation, as on a real arm: the action holds one control period, then the newest latents of
-        # frames taken after it went out (a few ms early, for the actor's own compute).
-        obs, _ = self._next_obs(taken_after=sent, not_before=self._t_last + self.dt - self.act_margin_s)
+        # frames taken `observe_after` of a period after it went out (a few ms early, for the actor's own compute).
+        obs, _ = self._next_obs(taken_after=sent + self.observe_after * self.dt - self.act_margin_s,
+                                not_before=self._t_last + self.dt - self.act_margin_s)
+        if self._timing:
+            self._timing["shown_after"].append(self._obs_stamp - sent)
         self._steps += 1
         self._keep_frames()
         success = bool(self.client.success)
@@ -196,6 +209,41 @@ class RosLatentEnv:
         self.trace.intervened.append(bool(intervened))
         truncated = self._steps >= self.max_episode_steps and not success
         return obs, float(success), success, truncated, {"success": success}
+
+    def _note_timing(self, sent: float) -> None:
+        t = self._timing
+        if not t:
+            return
+        t["obs_age"].append(sent - self._obs_stamp)  # how old the world the action was chosen on is
+        if t["t_send"] is not None:
+            t["period"].append(sent - t["t_send"])
+        t["t_send"] = sent
+
+    def _sim_slips(self) -> Optional[int]:
+        """The twin's count of real-time slips (robot status `sim_slips`; None on a real robot)."""
+        import json
+        try:
+            return json.loads(self.client.status_json or "{}").get("sim_slips")
+        except ValueError:
+            return None
+
+    def episode_timing(self) -> dict:
+        """This episode's control timing, for the episode log: the mean age of the observation each action was
+        chosen on (frames' stamp to the action going out), the mean step period, how soon after its action an
+        observation's frames were taken at the earliest, and the twin's real-time slips (each skips >= 0.1 s of
+        simulated time; 0 on a machine that keeps up)."""
+        t = self._timing
+        if not t:
+            return {}
+        def ms(values, f=np.mean):
+            return round(1e3 * float(f(values)), 1) if values else None
+        # shown_after_min_ms: the earliest moment after an action that an observation showed (>= observe_after).
+        out = {"obs_age_ms": ms(t["obs_age"]), "step_ms": ms(t["period"]),
+               "shown_after_min_ms": ms(t["shown_after"], np.min)}
+        now = self._sim_slips()
+        if now is not None and t["slips0"] is not None:
+            out["sim_slips"] = int(now) - int(t["slips0"])
+        return out
 
     def close(self) -> None:
         pass

@@ -57,6 +57,11 @@ def test_operator_runs_a_session_with_keys(tmp_path):
     actor, learner = tmp_path / "actor", tmp_path / "learner"
     episodes = [json.loads(line) for line in (actor / "episodes.jsonl").read_text().splitlines()]
     assert [(e["episode"], e["success"]) for e in episodes] == [(1, False)], episodes
+    # Each observation shows the arm at the end of its action's control period (observe_after 1.0: 100 ms, less the
+    # actor's 10 ms compute margin), as the in-process env does; the record says how old observations were.
+    ep1 = episodes[0]
+    assert ep1["shown_after_min_ms"] >= 89.0 and ep1["step_ms"] >= 89.0, ep1
+    assert ep1["obs_age_ms"] > 0 and ep1["sim_slips"] >= 0, ep1
     summary = json.loads((actor / "summary.json").read_text())
     assert summary["episodes"] == 1 and summary["successes"] == 0 and summary["demos"] == 1, summary
     assert (actor / "success_rate.png").stat().st_size > 1000
