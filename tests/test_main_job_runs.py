@@ -102,3 +102,16 @@ def test_baselines_run_each_variant_and_seed_once_and_table_them(tmp_path, monke
     import pytest
     with pytest.raises(SystemExit, match="no finished run"):
         bench.main(["--seeds", "0", "2", "--out", str(out), "--reuse", f"irevla={main_job}"])
+
+
+def test_both_ways_table_reports_the_ros_actors_control_timing(tmp_path):
+    spec = importlib.util.spec_from_file_location("rl_both_ways", ROOT / "benchmarks" / "rl_both_ways.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    log = tmp_path / "episodes.jsonl"
+    assert mod.control_timing(log) == "-"  # no actor log: nothing to report
+    rows = [{"episode": 1, "success": False, "steps": 100},  # an actor from before the timing was recorded
+            {"episode": 2, "success": True, "steps": 40, "obs_age_ms": 70.0, "step_ms": 200.0, "sim_slips": 3},
+            {"episode": 3, "success": False, "steps": 100, "obs_age_ms": 90.0, "step_ms": 210.0, "sim_slips": 5}]
+    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert mod.control_timing(log) == "80 ms / 205 ms / 8"
