@@ -38,7 +38,8 @@ class RosLatentEnv:
         self.act_margin_s = 0.01  # the actor's compute between an observation and its action
         # The observation after an action shows the arm this fraction of a control period after the action went out.
         # 1.0 (default): the arm at the end of the action's period, as the in-process env and the expert set see it;
-        # the loop then runs slower than control_hz by the encode latency (the arm holds meanwhile: the watchdog).
+        # the loop then runs slower than control_hz by the encode latency (meanwhile the arm runs on to the action's
+        # goal until the robot's watchdog freezes it).
         # Lower values observe the arm while the action still runs: a faster loop that acts on a moving arm.
         if not 0.0 <= float(observe_after) <= 2.0:
             raise ValueError(f"observe_after must be in [0, 2] control periods, got {observe_after}")
