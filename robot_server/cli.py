@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, bool]] = {
     "evaluate": ("success per task and category of a VLA checkpoint on the twin: tables, plot, videos", True),
     "rl-session": ("one online RL session on one task (stage 1, VLM frozen), resumable", True),
     "iterate": ("Algorithm 1 of iRe-VLA: stage 0, then RL + stage 2 per curriculum task, resumable", True),
-    "dataset": ("inspect recorded datasets: validate, stats, view, reindex, cache, label-objects", False),
+    "dataset": ("inspect recorded datasets: validate, stats, view, reindex, cache, label-objects, label-grasps", False),
     "join": ("run a command inside a running graph's network namespace and ROS domain (second terminal)", False),
     "train-classifier": ("train a success classifier (reward source) from marked episodes, on the VLA's latents", False),
 }

@@ -6,6 +6,7 @@
     irevla dataset reindex DIR                     reconcile index.jsonl with the files (files are the truth)
     irevla dataset cache DIR [--cache-dir D]       decode every episode once into the training cache
     irevla dataset label-objects DIR [--workers N] the task object's position per twin episode, from its seed
+    irevla dataset label-grasps DIR                the object's position where the hand closed on it (any robot)
     irevla dataset export DIR --format lerobot --out OUT [--include-failed]   LeRobotDataset v3.0
     irevla dataset import-lerobot LEROBOT_DIR --out DIR   a v3 dataset with 7-D ee-delta actions -> episodes
 
@@ -91,6 +92,13 @@ def cmd_label_objects(args) -> int:
     return 0
 
 
+def cmd_label_grasps(args) -> int:
+    from teleop.object_labels import LABELS_FILE, label_grasps
+    counts = label_grasps(args.dir, task_files=tuple(args.task_file))
+    print(json.dumps({"file": str(Path(args.dir) / LABELS_FILE), **counts}))
+    return 0
+
+
 def cmd_export(args) -> int:
     from teleop.lerobot_export import export_lerobot
     t0 = time.monotonic()
@@ -145,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.add_argument("--workers", type=int, default=1)
     s.set_defaults(func=cmd_label_objects)
+    s = sub.add_parser("label-grasps", help="object labels from the recording itself: where the hand closed on the "
+                                            "object in each successful pick / place (teleop/object_labels.py)")
+    s.add_argument("dir")
+    s.add_argument("--task-file", action="append", default=[], help="more task definitions (YAML)")
+    s.set_defaults(func=cmd_label_grasps)
     s = sub.add_parser("export", help="write the episodes in another format (LeRobotDataset v3.0)")
     s.add_argument("dir")
     s.add_argument("--format", required=True, choices=["lerobot"], help="output format")

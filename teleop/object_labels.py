@@ -16,6 +16,14 @@ block" -> "grasp the green cube"): counterfactual rows for the readout alone (no
 must follow the named object, not the scene's composition (each expert scene has one target). Scenes collected
 with training-only clutter (`irevla collect --clutter K`) replay it from the same seed, and its objects join `others`. Episodes without an object (button, drawer, cable), without a seed, or not recorded on the twin get no line:
 the auxiliary loss is masked there. A real cell's teleop episodes have no such labels.
+
+Grasp labels need no twin (`label_grasps`, `irevla dataset label-grasps DATA`; iterate runs it on every harvested
+set): in a successful pick or place the gripper closed on the task's object, so the hand's own position at the step
+whose action closes the gripper is where the object was (the scripted experts close within 1.5 mm of the object's
+centre on the twin's picks). Stage 2 then trains the readout (through the LoRA) on the new object of an RL task,
+whose position the latents carry (a ridge probe: 2.0 cm) but the readout, trained on other objects, misplaces by
+4 cm. They work from recorded robot states alone, so real-cell data (teleop or harvested) gets them too. An episode
+whose gripper closed more than once is skipped: an earlier attempt may have moved the object.
 """
 from __future__ import annotations
 
@@ -77,6 +85,73 @@ def reword(instruction: str, nouns: tuple, other_nouns: tuple, pick: int) -> Opt
     return None
 
 
+GRASP_SKILLS = ("pick", "place")  # skills whose task object is what the gripper closes on
+EE_XYZ = ("ee_x", "ee_y", "ee_z")
+
+
+def grasp_label(actions: np.ndarray, ee_xyz: np.ndarray) -> Optional[tuple[np.ndarray, int]]:
+    """(hand position when the gripper closed, that step) for an episode whose gripper closed exactly once; None
+    when it never closed or closed again after opening (the object may have moved between the attempts)."""
+    closing = np.asarray(actions)[:, 6] > 0
+    onsets = np.flatnonzero(closing & ~np.concatenate([[False], closing[:-1]]))
+    if len(onsets) != 1:
+        return None
+    t = int(onsets[0])
+    xyz = np.asarray(ee_xyz, np.float64)[t]
+    return (xyz, t) if np.isfinite(xyz).all() else None
+
+
+def label_grasps(root: PathLike, task_files: tuple = ()) -> dict:
+    """Write (or extend) `<root>/object_labels.jsonl` with grasp labels for the successful pick / place episodes
+    that have no label yet, from their recorded actions and hand positions. Returns counts."""
+    from sim_twin.tasks.registry import TaskRegistry
+    from teleop.dataset import EpisodeReadError, read_episode, selected_entries
+    root = Path(root)
+    have = read_object_labels(root)
+    reg = TaskRegistry.load(extra_files=list(task_files))
+    rows, counts = [], {"labelled": 0, "already": 0, "not_a_grasp_task": 0, "regrasped": 0, "unreadable": 0}
+    for e in selected_entries(root):
+        task = reg.tasks.get(e.get("task"))
+        if e["name"] in have:
+            counts["already"] += 1
+            continue
+        if task is None or task.skill not in GRASP_SKILLS or not task.objects:
+            counts["not_a_grasp_task"] += 1
+            continue
+        try:
+            ep = read_episode(e["path"], images=False)
+            names = list(ep.meta.get("state_names") or [])
+            cols = [names.index(n) for n in EE_XYZ]
+        except (EpisodeReadError, ValueError):
+            counts["unreadable"] += 1
+            continue
+        found = grasp_label(ep.action, ep.state[:, cols])
+        if found is None:
+            counts["regrasped"] += 1
+            continue
+        xyz, until = found
+        seed = (e.get("extra") or {}).get("seed")
+        rows.append({"episode": e["name"], "task": task.name, "seed": seed if isinstance(seed, int) else None,
+                     "object": task.objects[0], "xyz": [round(float(v), 5) for v in xyz], "until_step": until,
+                     "others": [], "source": "grasp"})
+    _append_labels(root, rows)
+    counts["labelled"] = len(rows)
+    return counts
+
+
+def _append_labels(root: Path, rows: list[dict]) -> None:
+    """The labels file with `rows` added, replaced atomically: a kill leaves the old file whole."""
+    old_lines = (root / LABELS_FILE).read_text().splitlines() if (root / LABELS_FILE).is_file() else []
+    fd, tmp = tempfile.mkstemp(prefix=LABELS_FILE + ".", dir=root)
+    with os.fdopen(fd, "w") as f:
+        for line in old_lines:
+            if line.strip():
+                f.write(line + "\n")
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, root / LABELS_FILE)
+
+
 def _label_one(job: tuple) -> Optional[dict]:
     name, task, seed, until, instruction, clutter = job
     from sim_twin.twin import Twin, TwinConfig
@@ -135,14 +210,6 @@ def label_dataset(root: PathLike, workers: int = 1, progress: bool = True) -> di
         else:
             rows = [_label_one(j) for j in tqdm(jobs, desc="object labels", unit="ep", disable=not progress)]
     new = [r for r in rows if r is not None]
-    old_lines = (root / LABELS_FILE).read_text().splitlines() if (root / LABELS_FILE).is_file() else []
-    fd, tmp = tempfile.mkstemp(prefix=LABELS_FILE + ".", dir=root)  # atomic: a kill leaves the old file whole
-    with os.fdopen(fd, "w") as f:
-        for line in old_lines:
-            if line.strip():
-                f.write(line + "\n")
-        for r in new:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, root / LABELS_FILE)
+    _append_labels(root, new)
     return {"labelled": len(new), "without_object": len(rows) - len(new), "already": len(have),
             "not_twin": skipped}

@@ -242,6 +242,39 @@ def test_collect_labels_objects_from_seeds(offline_env, dataset):
     assert np.isnan(data.batch([int(data.ds._starts[button])]).object_xyz).all()
 
 
+def test_grasp_labels_put_the_object_where_the_hand_closed(offline_env, dataset, tmp_path):
+    """Grasp labels (no twin, no seed): the hand's recorded position at the step that closes the gripper, on the
+    successful picks; they agree with the privileged labels of the same episodes to 1 cm and the same step, button
+    episodes get none, a rerun adds nothing, and `irevla dataset label-grasps` writes them."""
+    import shutil
+
+    from teleop.object_labels import LABELS_FILE, grasp_label, label_grasps, read_object_labels
+    privileged = read_object_labels(dataset)
+    data = tmp_path / "copy"
+    shutil.copytree(dataset, data, ignore=shutil.ignore_patterns(LABELS_FILE, ".cache*"))
+    counts = label_grasps(data)
+    assert counts["labelled"] == 2 and counts["not_a_grasp_task"] == 2, counts
+    labels = read_object_labels(data)
+    assert set(labels) == set(privileged)
+    for name, lab in labels.items():
+        assert np.linalg.norm(lab["xyz"] - privileged[name]["xyz"]) < 0.01
+        assert lab["until_step"] == privileged[name]["until_step"] and lab["others"] == []
+    assert label_grasps(data)["labelled"] == 0 and read_object_labels(data).keys() == labels.keys()
+    # A second closing after the gripper opened again: the object may have moved, no label.
+    acts = np.zeros((6, 7))
+    acts[[2, 4], 6] = 1.0
+    hand = np.arange(18, dtype=float).reshape(6, 3)
+    assert grasp_label(acts, hand) is None
+    acts[4, 6] = acts[3, 6] = 1.0
+    xyz, t = grasp_label(acts, hand)
+    assert t == 2 and np.array_equal(xyz, hand[2])
+    assert grasp_label(np.zeros((6, 7)), hand) is None
+    (data / LABELS_FILE).unlink()
+    proc = subprocess.run([sys.executable, "-m", "robot_server.cli", "dataset", "label-grasps", str(data)],
+                          capture_output=True, text=True, timeout=120, env=offline_env)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["labelled"] == 2, proc.stderr[-2000:]
+
+
 def test_corrupt_object_labels_are_refused(tmp_path):
     from teleop.object_labels import ObjectLabelError, read_object_labels
     (tmp_path / "object_labels.jsonl").write_text('{"episode": "e", "xyz": [0.5, NaN, 0], "until_step": 3}\n')

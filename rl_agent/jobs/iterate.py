@@ -54,6 +54,9 @@ class IterateConfig:
     # Skip stage 2 for a task whose RL session harvested nothing: it would only re-fit the (possibly small) expert
     # replay set, which can cost the model what it knew (seen in the main job with 3 episodes per task).
     skip_stage2_without_harvest: bool = False
+    # Label each harvested set's picks and places with where the hand closed on the object (teleop/object_labels.py
+    # grasp labels): stage 2 then trains the object readout on the RL task's new object too.
+    stage2_grasp_labels: bool = True
     expert: ExpertSetConfig = field(default_factory=ExpertSetConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     evaluate_stage0: bool = True
@@ -174,6 +177,10 @@ def stage2(cfg: IterateConfig, run_dir: Path, ckpt: str, expert: Path, harvested
         w = cfg.stage2_rl_share
         mix = [1.0 - w] + [w / n_rl] * n_rl if (n_rl and w is not None) else []
     mode = "frozen" if cfg.variant == "freeze" else "lora"
+    if cfg.stage2_grasp_labels:
+        from teleop.object_labels import label_grasps
+        for h in harvested:
+            _say(f"grasp labels of {h}: {label_grasps(h, task_files=tuple(cfg.task_files))}")
     _say(f"stage 2: supervised on expert + {n_rl} harvested set(s), VLM {mode}")
     return str(_train(stage2_settings(cfg), ckpt, [expert, *harvested], mix, run_dir / "tasks" / task / "stage2",
                       mode))
@@ -233,7 +240,8 @@ def run_iterate(cfg: IterateConfig, run_dir: Path) -> list[EvalReport]:
             want = task_key(task, cfg.evaluation.task_files, ckpt, cfg.variant, rl_settings(cfg, task),
                             {"stage2": stage2_settings(cfg) if cfg.seed else cfg.stage2, "rl_weight": cfg.stage2_rl_weight,
                              **({"rl_share": cfg.stage2_rl_share} if cfg.stage2_rl_share is not None else {}),
-                             "skip_without_harvest": cfg.skip_stage2_without_harvest, "replay_steps": cfg.replay_steps},
+                             "skip_without_harvest": cfg.skip_stage2_without_harvest, "replay_steps": cfg.replay_steps,
+                             **({"grasp_labels": True} if cfg.stage2_grasp_labels else {})},
                             expert)
             check_same_settings(state, f"task_key:{task}", want, f"the curriculum task {task}", _say)
             state.set(f"task_key:{task}", state.get(f"task_key:{task}") or want)  # recorded before it starts
