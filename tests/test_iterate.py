@@ -73,6 +73,37 @@ def test_shortened_loop_runs_every_stage_and_resumes(tmp_path):
     changed.stage2["steps"] = 5
     with pytest.raises(UsageError, match=r"changed: stage2"):
         run_iterate(changed, run)
+    changed = _cfg(tmp_path)
+    changed.stage2_grasp_labels = False
+    with pytest.raises(UsageError, match=r"changed: stage2"):
+        run_iterate(changed, run)
+
+
+def test_stage2_labels_the_harvests_grasps_first(tmp_path):
+    """Before stage 2 trains, every harvested set's picks get grasp labels (teleop/object_labels.py), so the object
+    readout trains on the RL task's object; with `stage2_grasp_labels: false` the harvest is left as it was."""
+    import subprocess
+    import sys
+
+    from rl_agent.jobs.iterate import stage2
+    from teleop.object_labels import LABELS_FILE, read_object_labels
+    expert, harvest = tmp_path / "expert", tmp_path / "harvest"
+    for out, task in ((expert, "press_button"), (harvest, "pick_red_block")):
+        proc = subprocess.run([sys.executable, "-m", "robot_server.cli", "collect", "--out", str(out),
+                               "--episodes-per-task", "1", "--tasks", task, "--workers", "1", "--image-size", "128",
+                               "--no-progress"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    (harvest / LABELS_FILE).unlink()  # the twin's privileged labels: a real cell's harvest has none
+    cfg = _cfg(tmp_path)
+    cfg.stage2_grasp_labels = False
+    stage2(cfg, tmp_path / "off", str(default_model_dir()), expert, [str(harvest)], "pick_red_block")
+    assert not (harvest / LABELS_FILE).exists()
+    cfg.stage2_grasp_labels = True
+    final = stage2(cfg, tmp_path / "on", str(default_model_dir()), expert, [str(harvest)], "pick_red_block")
+    labels = read_object_labels(harvest)
+    assert len(labels) == 1 and Path(final, "adapter", "adapter_config.json").is_file()
+    row = json.loads((harvest / LABELS_FILE).read_text().splitlines()[0])
+    assert row["source"] == "grasp" and row["object"] == "red_block"
 
 
 def test_bad_variant_and_weights_are_rejected():
