@@ -295,6 +295,22 @@ class SACAgent(struct.PyTreeNode):
         a = np.asarray(self._act(obs, _as_key(seed), deterministic=False))
         return a[0] if single else a
 
+    def actions_with_noise(self, observations: dict, noise: np.ndarray) -> np.ndarray:
+        """tanh(mean + std * noise) for a given standard-normal draw `noise` [B, A] (or [A]): exploration whose noise
+        the caller shapes, e.g. temporally correlated over an episode (rl_agent.episodes.ExplorationNoise)."""
+        obs, single = self._check_observations(observations)
+        eps = np.asarray(noise, np.float32)
+        eps = eps.reshape(-1, self.action_dim) if eps.size % self.action_dim == 0 else eps
+        if eps.shape != (next(iter(obs.values())).shape[0], self.action_dim) or not np.isfinite(eps).all():
+            raise ValueError(f"noise of shape {np.shape(noise)} for {next(iter(obs.values())).shape[0]} observation(s)")
+        a = np.asarray(self._act_noise(obs, jnp.asarray(eps)))
+        return a[0] if single else a
+
+    @jax.jit
+    def _act_noise(self, observations, noise):
+        mean, log_std = self._policy(self.actor.params, observations)
+        return jnp.tanh(mean + jnp.exp(log_std) * noise)
+
     def eval_actions(self, observations: dict) -> np.ndarray:
         """Deterministic actions tanh(mean) [B, A] (== the SFT head's action at init where |a| < mean_clip)."""
         obs, single = self._check_observations(observations)

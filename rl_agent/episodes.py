@@ -101,13 +101,27 @@ def vla_policy(encoder, noise: float = 0.0, rng: Optional[np.random.Generator] =
     return act
 
 
-def agent_policy(get_agent: Callable[[], Any], deterministic: bool, rng: np.random.Generator):
-    """The SAC agent's action; `get_agent()` is read at every step (the ROS actor swaps in new parameters)."""
+def agent_policy(get_agent: Callable[[], Any], deterministic: bool, rng: np.random.Generator,
+                 noise_beta: float = 0.0, horizon: int = 100):
+    """The SAC agent's action for one episode; `get_agent()` is read at every step (the ROS actor swaps in new
+    parameters). Exploration draws white noise per step (SERL's) or, with `noise_beta` > 0, one (1/f)^beta Gaussian
+    sequence per episode (beta 1: pink noise, Eberhard et al., ICLR 2023), still N(0, 1) at each step but correlated
+    in time, so an episode's exploration can shift where the arm goes rather than only jitter it."""
+    seq, t = None, 0
+
     def act(prepared, _raw):
+        nonlocal seq, t
         agent = get_agent()
         if deterministic:
             return agent.eval_actions(prepared)
-        return agent.sample_actions(prepared, int(rng.integers(2**31 - 1)))
+        if noise_beta <= 0:
+            return agent.sample_actions(prepared, int(rng.integers(2**31 - 1)))
+        if seq is None or t >= seq.shape[1]:
+            import colorednoise
+            seq, t = colorednoise.powerlaw_psd_gaussian(noise_beta, (agent.action_dim, max(int(horizon), 2)),
+                                                        random_state=rng), 0
+        t += 1
+        return agent.actions_with_noise(prepared, seq[:, t - 1])
     return act
 
 

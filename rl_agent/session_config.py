@@ -53,10 +53,15 @@ class TrainConfig:
     online_capacity: int = 200_000
     demo_capacity: int = 20_000
     memory_budget_gb: Optional[float] = None  # per buffer (rl_agent.buffers caps its capacity to fit)
+    # exploration noise of the RL episodes: 0 white (per step, SERL's); 1 pink (one correlated sequence per episode)
+    exploration_beta: float = 0.0
 
     def __post_init__(self):
         if self.updates_per_step < 0 or self.learning_starts < 0:
             raise ValueError("train.updates_per_step and train.learning_starts must be >= 0")
+        if not 0.0 <= self.exploration_beta <= 2.0:
+            raise ValueError(f"train.exploration_beta must be in [0, 2] (0 white, 1 pink, 2 red), got "
+                             f"{self.exploration_beta}")
 
 
 @dataclass

@@ -265,3 +265,33 @@ def test_prior_term_keeps_the_actor_near_the_head_it_started_from():
     free, held = drift(0.0), drift(20.0)
     assert free > 0.05, free
     assert held < 0.5 * free, (held, free)
+
+
+def _lag1(x: np.ndarray) -> float:
+    return float(np.mean([np.corrcoef(col[:-1], col[1:])[0, 1] for col in x.T]))
+
+
+def test_pink_exploration_is_correlated_in_time_and_white_is_not(agent):
+    """The episode policy's exploration: white noise (per step) has no lag-1 correlation; pink (beta 1, one sequence
+    per episode) does, with the same per-step spread, so an episode can explore a shift of where the arm goes."""
+    from rl_agent.episodes import agent_policy
+    obs = {k: v[:1] for k, v in random_obs(np.random.default_rng(0)).items()}
+    mean = np.arctanh(np.clip(agent.eval_actions(obs), -0.999, 0.999))
+
+    def episode_noise(beta: float, seed: int) -> np.ndarray:
+        act = agent_policy(lambda: agent, False, np.random.default_rng(seed), noise_beta=beta, horizon=200)
+        pre = np.stack([np.arctanh(np.clip(act(obs, None), -0.999999, 0.999999)) for _ in range(200)])
+        return (pre - mean).reshape(len(pre), -1)  # std * noise per step [T, A]
+    white, pink = episode_noise(0.0, 1), episode_noise(1.0, 1)
+    assert abs(_lag1(white)) < 0.2 and _lag1(pink) > 0.4, (_lag1(white), _lag1(pink))
+    assert 0.6 < pink.std() / white.std() < 1.5
+    same = episode_noise(1.0, 1)
+    np.testing.assert_allclose(same, pink, atol=1e-5)  # one generator seed, one episode's sequence
+    with pytest.raises(ValueError, match="noise of shape"):
+        agent.actions_with_noise(obs, np.zeros(3))
+
+
+def test_exploration_beta_is_checked():
+    from rl_agent.session_config import TrainConfig
+    with pytest.raises(ValueError, match="exploration_beta"):
+        TrainConfig(exploration_beta=3.0)

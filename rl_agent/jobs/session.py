@@ -277,7 +277,8 @@ class Session(SessionOutputs):
                 env_s0, enc_s0 = self.env.env_seconds, self.encoder.seconds
                 ep_info.clear()
                 res = self.runner.run(seeds.seed("online_rl", c.seed * 1_000_000 + ep),
-                                      agent_policy(lambda: self.agent, False, self.rng),
+                                      agent_policy(lambda: self.agent, False, self.rng, c.train.exploration_beta,
+                                                   self.env.max_episode_steps),
                                       on_reset=self.learner.start_episode, on_step=on_step, allow_interventions=True)
                 acts, rews, trace = res.actions, res.rewards, res.trace
                 st["env_s"] += self.env.env_seconds - env_s0
