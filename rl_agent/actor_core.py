@@ -36,6 +36,7 @@ class ActorParams:
     classifier: str = ""
     rate_hz: float = 10.0
     observe_after: float = 1.0  # robot mode: observe the arm this many control periods after each action
+    exploration_beta: float = 0.0  # RL episodes' exploration noise: 0 white per step, 1 pink per episode
     chunk_steps: int = 10
     heartbeat_period_s: float = 0.5
     learner_timeout_s: float = 3.0
@@ -57,6 +58,8 @@ class ActorParams:
     def __post_init__(self):
         if self.mode not in ("twin", "robot"):
             raise ValueError(f"mode must be twin or robot, got {self.mode!r}")
+        if not 0.0 <= float(self.exploration_beta) <= 2.0:
+            raise ValueError(f"exploration_beta must be in [0, 2] (0 white, 1 pink), got {self.exploration_beta}")
 
 
 def actor_reward(p: ActorParams):

@@ -76,7 +76,8 @@ def run_actor(p: ActorParams, core: ActorCore, runner, env, encoder, send: Calla
             and (core.rl_deadline is None or time.monotonic() < core.rl_deadline):
         pacer.restart()
         res = runner.run(seeds.seed("online_rl", int(p.seed) * 1_000_000 + ep),
-                         agent_policy(core.current_agent, False, rng),
+                         agent_policy(core.current_agent, False, rng, float(p.exploration_beta),
+                                      int(p.max_episode_steps) or 100),
                          keep_images=bool(p.harvest), on_reset=builder.start, on_step=on_step,
                          should_stop=stop.is_set, allow_interventions=interventions)
         last = builder.flush()

@@ -29,6 +29,7 @@ def graph_command(ckpt: str, cfg: SessionConfig, instruction: str, out: Path, rl
                 "demos": cfg.demos.count, "demo_source": cfg.demos.source,
                 "demo_attempts": cfg.demos.max_attempts or 0,
                 "learning_starts": cfg.train.learning_starts, "utd": float(cfg.train.updates_per_step),
+                "exploration_beta": float(cfg.train.exploration_beta),
                 "max_episode_steps": cfg.env.max_episode_steps or 100, "rl_config": rl_config,
                 "learner_out": out / "learner", "actor_out": out / "actor"}
     return [sys.executable, "-m", "robot_server.launch_graph", "rl_session",
