@@ -297,7 +297,7 @@ class SACAgent(struct.PyTreeNode):
 
     def actions_with_noise(self, observations: dict, noise: np.ndarray) -> np.ndarray:
         """tanh(mean + std * noise) for a given standard-normal draw `noise` [B, A] (or [A]): exploration whose noise
-        the caller shapes, e.g. temporally correlated over an episode (rl_agent.episodes.ExplorationNoise)."""
+        the caller shapes, e.g. temporally correlated over an episode (rl_agent.episodes.agent_policy)."""
         obs, single = self._check_observations(observations)
         eps = np.asarray(noise, np.float32)
         eps = eps.reshape(-1, self.action_dim) if eps.size % self.action_dim == 0 else eps

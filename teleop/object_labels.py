@@ -109,7 +109,7 @@ def label_grasps(root: PathLike, task_files: tuple = ()) -> dict:
     root = Path(root)
     have = read_object_labels(root)
     reg = TaskRegistry.load(extra_files=list(task_files))
-    rows, counts = [], {"labelled": 0, "already": 0, "not_a_grasp_task": 0, "regrasped": 0, "unreadable": 0}
+    rows, counts = [], {"labelled": 0, "already": 0, "not_a_grasp_task": 0, "not_closed_once": 0, "unreadable": 0}
     for e in selected_entries(root):
         task = reg.tasks.get(e.get("task"))
         if e["name"] in have:
@@ -127,7 +127,7 @@ def label_grasps(root: PathLike, task_files: tuple = ()) -> dict:
             continue
         found = grasp_label(ep.action, ep.state[:, cols])
         if found is None:
-            counts["regrasped"] += 1
+            counts["not_closed_once"] += 1
             continue
         xyz, until = found
         seed = (e.get("extra") or {}).get("seed")
