@@ -2,7 +2,7 @@
 replay set + harvested RL sets, from a checkpoint: to compare stage-2 settings on one RL session's harvest.
 
     python benchmarks/stage2_on_harvest.py --expert runs/demo/expert --harvest runs/rl/harvest \
-        --out runs/stage2_probe [--steps 400] [--rl-share 0.25 | --rl-share none] [--no-grasp-labels]
+        --out runs/stage2_probe [--steps 400] [--rl-share 0.25 | --rl-share none] [--no-grasp-labels] [--seed K]
 
 Then evaluate <out>/final with `irevla evaluate`. docs/results/rl_pick_stage1.md has the measured rows.
 """
@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-grasp-labels", action="store_true",
                     help="do not label the harvest's grasps (iterate's stage2_grasp_labels: false; labels already in "
                          "the harvest's object_labels.jsonl are still read)")
+    ap.add_argument("--seed", type=int, default=0, help="stage 2's seed (a main-job run's --seed)")
     args = ap.parse_args(argv)
     it: IterateConfig = load_yaml(MainJobConfig, REPO / "config" / "main_job.yaml").iterate
     if args.steps:
@@ -37,6 +38,7 @@ def main(argv=None) -> int:
     if args.rl_share is not None:
         it.stage2_rl_share = None if args.rl_share == "none" else float(args.rl_share)
     it.stage2_grasp_labels = not args.no_grasp_labels
+    it.seed = args.seed
     out = Path(args.out)
     ckpt = args.checkpoint or str(default_model_dir())
     # stage2() writes under <run>/tasks/<task>/stage2; here the run directory is --out and the "task" is "probe"
