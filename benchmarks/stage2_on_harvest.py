@@ -2,7 +2,7 @@
 replay set + harvested RL sets, from a checkpoint: to compare stage-2 settings on one RL session's harvest.
 
     python benchmarks/stage2_on_harvest.py --expert runs/demo/expert --harvest runs/rl/harvest \
-        --out runs/stage2_probe [--steps 400] [--rl-share 0.25 | --rl-share none] [--no-grasp-labels] [--seed K]
+        --out runs/stage2_probe [--steps 400] [--rl-share 0.25 | --rl-share none] [--grasp-labels] [--seed K]
 
 Then evaluate <out>/final with `irevla evaluate`. docs/results/rl_pick_stage1.md has the measured rows.
 """
@@ -27,9 +27,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, help="stage-2 steps (default: the main job's)")
     ap.add_argument("--rl-share", help="the harvest's share of a batch, or 'none': every task the same share")
-    ap.add_argument("--no-grasp-labels", action="store_true",
-                    help="do not label the harvest's grasps (iterate's stage2_grasp_labels: false; labels already in "
-                         "the harvest's object_labels.jsonl are still read)")
+    ap.add_argument("--grasp-labels", action="store_true",
+                    help="label the harvest's grasps first (iterate's stage2_grasp_labels: true); labels already in "
+                         "the harvest's object_labels.jsonl are read either way")
     ap.add_argument("--seed", type=int, default=0, help="stage 2's seed (a main-job run's --seed)")
     args = ap.parse_args(argv)
     it: IterateConfig = load_yaml(MainJobConfig, REPO / "config" / "main_job.yaml").iterate
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
         it.stage2 = {**it.stage2, "steps": args.steps}
     if args.rl_share is not None:
         it.stage2_rl_share = None if args.rl_share == "none" else float(args.rl_share)
-    it.stage2_grasp_labels = not args.no_grasp_labels
+    it.stage2_grasp_labels = args.grasp_labels
     it.seed = args.seed
     out = Path(args.out)
     ckpt = args.checkpoint or str(default_model_dir())

@@ -18,12 +18,13 @@ with training-only clutter (`irevla collect --clutter K`) replay it from the sam
 the auxiliary loss is masked there. A real cell's teleop episodes have no such labels.
 
 Grasp labels need no twin (`label_grasps`, `irevla dataset label-grasps DATA`; iterate runs it on every harvested
-set): in a successful pick or place the gripper closed on the task's object, so the hand's own position at the step
-whose action closes the gripper is where the object was (the scripted experts close within 1.5 mm of the object's
-centre on the twin's picks). Stage 2 then trains the readout (through the LoRA) on the new object of an RL task,
-whose position the latents carry (a ridge probe: 2.0 cm) but the readout, trained on other objects, misplaces by
-4 cm. They work from recorded robot states alone, so real-cell data (teleop or harvested) gets them too. An episode
-whose gripper closed more than once is skipped: an earlier attempt may have moved the object.
+set with `stage2_grasp_labels: true`): in a successful pick or place the gripper closed on the task's object, so the
+hand's own position at the step whose action closes the gripper is where the object was (the scripted experts close
+within 1.5 mm of the object's centre on the twin's picks). Stage 2 then trains the readout (through the LoRA) on the
+new object of an RL task, whose position the latents carry (a ridge probe: 2.0 cm) but the readout, trained on other
+objects, misplaces by 4 cm (measured: the readout follows, the pick does not; docs/results/rl_pick_stage1.md). They
+work from recorded robot states alone, so real-cell data (teleop or harvested) gets them too. An episode whose
+gripper closed more than once is skipped: an earlier attempt may have moved the object.
 """
 from __future__ import annotations
 

@@ -74,14 +74,15 @@ def test_shortened_loop_runs_every_stage_and_resumes(tmp_path):
     with pytest.raises(UsageError, match=r"changed: stage2"):
         run_iterate(changed, run)
     changed = _cfg(tmp_path)
-    changed.stage2_grasp_labels = False
+    changed.stage2_grasp_labels = True
     with pytest.raises(UsageError, match=r"changed: stage2"):
         run_iterate(changed, run)
 
 
 def test_stage2_labels_the_harvests_grasps_first(tmp_path):
-    """Before stage 2 trains, every harvested set's picks get grasp labels (teleop/object_labels.py), so the object
-    readout trains on the RL task's object; with `stage2_grasp_labels: false` the harvest is left as it was."""
+    """With `stage2_grasp_labels: true`, every harvested set's picks get grasp labels (teleop/object_labels.py) before
+    stage 2 trains, so the object readout trains on the RL task's object; with false (the default) the harvest is
+    left as it was."""
     import subprocess
     import sys
 
