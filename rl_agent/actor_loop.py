@@ -77,7 +77,7 @@ def run_actor(p: ActorParams, core: ActorCore, runner, env, encoder, send: Calla
         pacer.restart()
         res = runner.run(seeds.seed("online_rl", int(p.seed) * 1_000_000 + ep),
                          agent_policy(core.current_agent, False, rng, float(p.exploration_beta),
-                                      int(p.max_episode_steps) or 100),
+                                      env.max_episode_steps),
                          keep_images=bool(p.harvest), on_reset=builder.start, on_step=on_step,
                          should_stop=stop.is_set, allow_interventions=interventions)
         last = builder.flush()

@@ -93,11 +93,10 @@ EE_XYZ = ("ee_x", "ee_y", "ee_z")
 def grasp_label(actions: np.ndarray, ee_xyz: np.ndarray) -> Optional[tuple[np.ndarray, int]]:
     """(hand position when the gripper closed, that step) for an episode whose gripper closed exactly once; None
     when it never closed or closed again after opening (the object may have moved between the attempts)."""
-    closing = np.asarray(actions)[:, 6] > 0
-    onsets = np.flatnonzero(closing & ~np.concatenate([[False], closing[:-1]]))
-    if len(onsets) != 1:
+    t = first_close_step(actions)
+    closing = (np.asarray(actions)[t:, 6] > 0).astype(int)
+    if not len(closing) or (np.diff(closing) > 0).any():  # never closed, or closed again after opening
         return None
-    t = int(onsets[0])
     xyz = np.asarray(ee_xyz, np.float64)[t]
     return (xyz, t) if np.isfinite(xyz).all() else None
 
